@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Build the Skiff debug initramfs: an uncompressed newc cpio with
+# busybox-static (+ applet links in /bin and /sbin), /dev/console and a
+# static C /init (init.c).
+#
+#   guest/image/build-initramfs.sh [OUT_DIR]   (default: $SKIFF_GUEST_OUT or build/guest)
+#
+# Result cached in ${SKIFF_CACHE:-$HOME/.cache/skiff}/initramfs/<key>/ (key =
+# sha256 of this script, init.c, mkcpio.py, the busybox binary and the
+# compiler version) and linked as OUT_DIR/initramfs-debug.cpio.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+out_dir=${1:-${SKIFF_GUEST_OUT:-$repo/build/guest}}
+cache=${SKIFF_CACHE:-$HOME/.cache/skiff}
+busybox=/bin/busybox
+
+log() { printf 'initramfs: %s\n' "$*" >&2; }
+die() { printf 'initramfs: ERROR: %s\n' "$*" >&2; exit 1; }
+
+apt_updated=
+apt_install() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+            || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    [ "$(id -u)" -eq 0 ] || die "missing packages: ${missing[*]} (run as root or install them)"
+    log "installing ${missing[*]}"
+    if [ -z "$apt_updated" ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+apt_install busybox-static gcc libc6-dev python3
+
+"$busybox" --list-full >/dev/null 2>&1 || die "$busybox is not a working busybox"
+file_is_static() { ! LC_ALL=C readelf -l "$1" 2>/dev/null | grep -q 'INTERP'; }
+if command -v readelf >/dev/null; then
+    file_is_static "$busybox" || die "$busybox is not static (install busybox-static)"
+fi
+
+key=$({
+    cat "${BASH_SOURCE[0]}" "$here/init.c" "$here/mkcpio.py"
+    sha256sum < "$busybox"
+    gcc --version | head -n1
+} | sha256sum | cut -c1-16)
+result_dir=$cache/initramfs/$key
+result=$result_dir/initramfs-debug.cpio
+
+link_result() {
+    mkdir -p "$out_dir"
+    ln -sfn "$result" "$out_dir/initramfs-debug.cpio"
+    log "$out_dir/initramfs-debug.cpio -> $result"
+}
+
+if [ -f "$result" ]; then
+    log "cached ($key)"
+    link_result
+    exit 0
+fi
+
+mkdir -p "$result_dir"
+work=$(mktemp -d "$result_dir/work.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+gcc -static -Os -s -Wall -Wextra -Werror -o "$work/init" "$here/init.c"
+
+{
+    for d in bin sbin dev proc sys tmp run root etc mnt var usr; do
+        echo "dir /$d 0755 0 0"
+    done
+    echo "nod /dev/console 0600 0 0 c 5 1"
+    echo "file /init $work/init 0755 0 0"
+    echo "file /bin/busybox $busybox 0755 0 0"
+    # Applets: bin/ and usr/bin/ ones in /bin, sbin/ and usr/sbin/ ones in /sbin.
+    "$busybox" --list-full | LC_ALL=C sort | while read -r path; do
+        name=${path##*/}
+        case $path in
+            bin/busybox|linuxrc|sbin/init) continue ;;
+            bin/*|usr/bin/*) echo "slink /bin/$name /bin/busybox 0777 0 0" ;;
+            sbin/*|usr/sbin/*) echo "slink /sbin/$name /bin/busybox 0777 0 0" ;;
+        esac
+    done
+} > "$work/list"
+
+python3 "$here/mkcpio.py" "$work/list" "$work/initramfs.cpio"
+mv -f "$work/initramfs.cpio" "$result"
+log "built $(stat -c %s "$result") bytes, cached as $key"
+link_result
