@@ -1,0 +1,1 @@
+//! Shared helpers for Skiff integration tests live in `tests/`.

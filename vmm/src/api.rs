@@ -1,0 +1,178 @@
+//! The VMM's API: actions sent to the VMM thread and their answers.
+//!
+//! The runtime embeds the VMM in its own process; it drives it by sending
+//! [`VmmAction`]s through a [`VmmHandle`](crate::VmmHandle), each answered
+//! by the VMM thread, as Dragonball's `VmmAction` does. Which action is
+//! allowed when is decided by [`VmState::after`], a pure function.
+
+use serde::Serialize;
+
+use crate::builder::BuildError;
+use crate::config::VmConfig;
+use crate::vstate::vcpu::VcpuError;
+
+/// Where a VM is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// No configuration yet.
+    Unconfigured,
+    /// Configured, not started.
+    Configured,
+    Running,
+    Paused,
+    /// Ended, by the guest or by `Stop`. Final.
+    Exited,
+}
+
+/// A request to the VMM thread.
+#[derive(Debug)]
+pub enum VmmAction {
+    /// Sets (or replaces) the VM's configuration before it starts.
+    Configure(VmConfig),
+    /// Builds the VM and runs its vCPUs.
+    Start,
+    Pause,
+    Resume,
+    /// Ends the VM; [`ExitReason::Stopped`](crate::ExitReason::Stopped).
+    Stop,
+    GetState,
+}
+
+impl VmmAction {
+    fn name(&self) -> &'static str {
+        match self {
+            VmmAction::Configure(_) => "configure",
+            VmmAction::Start => "start",
+            VmmAction::Pause => "pause",
+            VmmAction::Resume => "resume",
+            VmmAction::Stop => "stop",
+            VmmAction::GetState => "get state",
+        }
+    }
+}
+
+/// A successful answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum VmmData {
+    Empty,
+    State(VmState),
+}
+
+/// A failed answer.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("cannot {action} a VM that is {state:?}")]
+    InvalidState {
+        action: &'static str,
+        state: VmState,
+    },
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("the VMM thread has ended")]
+    VmmGone,
+    #[error("cannot start the VMM thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+impl VmState {
+    /// The state after `action` succeeds in this state, or the error that
+    /// refuses it.
+    pub fn after(self, action: &VmmAction) -> Result<VmState, VmmError> {
+        use VmState::*;
+        let next = match (self, action) {
+            (_, VmmAction::GetState) => Some(self),
+            (Unconfigured | Configured, VmmAction::Configure(_)) => Some(Configured),
+            (Configured, VmmAction::Start) => Some(Running),
+            (Running, VmmAction::Pause) => Some(Paused),
+            (Paused, VmmAction::Resume) => Some(Running),
+            (Running | Paused, VmmAction::Stop) => Some(Exited),
+            _ => None,
+        };
+        next.ok_or(VmmError::InvalidState {
+            action: action.name(),
+            state: self,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConsoleConfig;
+    use VmState::*;
+
+    fn configure() -> VmmAction {
+        VmmAction::Configure(VmConfig {
+            kernel: "k".into(),
+            initrd: None,
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            console: ConsoleConfig::Off,
+        })
+    }
+
+    fn all_actions() -> Vec<VmmAction> {
+        vec![
+            configure(),
+            VmmAction::Start,
+            VmmAction::Pause,
+            VmmAction::Resume,
+            VmmAction::Stop,
+            VmmAction::GetState,
+        ]
+    }
+
+    #[test]
+    fn lifecycle_happy_path() {
+        let mut state = Unconfigured;
+        for (action, expected) in [
+            (configure(), Configured),
+            (configure(), Configured),
+            (VmmAction::Start, Running),
+            (VmmAction::Pause, Paused),
+            (VmmAction::Pause, Paused),
+            (VmmAction::Resume, Running),
+            (VmmAction::Stop, Exited),
+        ] {
+            match state.after(&action) {
+                Ok(next) => state = next,
+                Err(_) if matches!(action, VmmAction::Pause) && state == Paused => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert_eq!(state, expected);
+        }
+    }
+
+    #[test]
+    fn refuses_out_of_order_actions_with_a_clear_error() {
+        let err = Unconfigured.after(&VmmAction::Start).unwrap_err();
+        assert_eq!(err.to_string(), "cannot start a VM that is Unconfigured");
+        assert!(Running.after(&configure()).is_err());
+        assert!(Running.after(&VmmAction::Resume).is_err());
+        assert!(Paused.after(&VmmAction::Pause).is_err());
+        assert!(Configured.after(&VmmAction::Stop).is_err());
+    }
+
+    #[test]
+    fn exited_is_final_except_for_queries() {
+        for action in all_actions() {
+            let result = Exited.after(&action);
+            if matches!(action, VmmAction::GetState) {
+                assert_eq!(result.unwrap(), Exited);
+            } else {
+                assert!(result.is_err(), "{action:?} allowed after exit");
+            }
+        }
+    }
+
+    #[test]
+    fn every_state_answers_get_state_unchanged() {
+        for state in [Unconfigured, Configured, Running, Paused, Exited] {
+            assert_eq!(state.after(&VmmAction::GetState).unwrap(), state);
+        }
+    }
+}

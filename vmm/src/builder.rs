@@ -1,0 +1,258 @@
+//! Builds a bootable machine from a [`VmConfig`]: VM and memory, kernel,
+//! initrd and boot structures, legacy devices, configured vCPUs.
+//!
+//! Nothing here starts guest code; [`Machine::start`] does. Every resource
+//! is owned by the returned value, so an error part-way drops what was
+//! built and leaves nothing behind.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::Kvm;
+use skiff_devices::legacy::{
+    BootTimer, ConsoleOutput, EventFdTrigger, PanicWatcher, SerialConsole, BOOT_TIMER_PORT,
+    COM1_IRQ, COM1_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_LEN,
+};
+use skiff_devices::{Bus, BusError};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::{boot, cpuid, layout, mptable, regs};
+use crate::config::{ConfigError, ConsoleConfig, VmConfig};
+use crate::exit::{ExitReason, ExitSender};
+use crate::loader::{self, LoadError};
+use crate::timeline::{Milestone, Timeline};
+use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuHandle};
+use crate::vstate::vm::{Vm, VmError};
+
+/// Errors building or starting a machine.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot open /dev/kvm: {0}")]
+    Kvm(kvm_ioctls::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    MpTable(#[from] mptable::MpTableError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("registering a device: {0}")]
+    Bus(#[from] BusError),
+    #[error("cannot open console file {path}: {source}")]
+    ConsoleFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing the kernel command line: {0}")]
+    Cmdline(vm_memory::GuestMemoryError),
+    #[error("{what}: {source}")]
+    Kvmcall {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("creating an eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
+    move |source| BuildError::Kvmcall { what, source }
+}
+
+/// A built VM whose vCPUs have not started, or are running.
+pub struct Machine {
+    // Field order is drop order: threads stop before the VM goes away.
+    vcpu_handles: Vec<VcpuHandle>,
+    vcpus: Vec<Vcpu>,
+    serial: Arc<Mutex<SerialConsole>>,
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    vm: Vm,
+}
+
+/// The most vCPUs this host can give one VM.
+pub fn max_vcpus(kvm: &Kvm) -> u64 {
+    (kvm.get_max_vcpus() as u64).min(u64::from(mptable::MAX_CPUS))
+}
+
+impl Machine {
+    /// Creates everything `config` describes.
+    pub fn build(
+        config: &VmConfig,
+        timeline: &Arc<Timeline>,
+        exits: &ExitSender,
+    ) -> Result<Machine, BuildError> {
+        let kvm = Kvm::new().map_err(BuildError::Kvm)?;
+        config.validate(max_vcpus(&kvm))?;
+        let ram_size = config.memory_mib << 20;
+        let vm = Vm::new(&kvm, ram_size)?;
+        timeline.mark(Milestone::VmCreated);
+
+        let mem = vm.memory();
+        let kernel = loader::load_kernel(mem, ram_size, &config.kernel)?;
+        let initrd = config
+            .initrd
+            .as_deref()
+            .map(|path| loader::load_initrd(mem, ram_size, &kernel, path))
+            .transpose()?;
+        let mut cmdline = config.cmdline.as_bytes().to_vec();
+        cmdline.push(0);
+        mem.write_slice(&cmdline, GuestAddress(layout::CMDLINE_START))
+            .map_err(BuildError::Cmdline)?;
+        match kernel.boot {
+            boot::BootProtocol::Pvh { .. } => boot::write_pvh_start_info(mem, ram_size, initrd)?,
+            boot::BootProtocol::Linux64 { .. } => {
+                boot::write_identity_page_tables(mem)?;
+                boot::write_boot_params(mem, ram_size, kernel.setup_header, cmdline.len(), initrd)?;
+            }
+        }
+        mptable::write(mem, config.vcpus)?;
+        timeline.mark(Milestone::KernelLoaded);
+
+        let io_bus = Arc::new(Bus::new());
+        let mmio_bus = Arc::new(Bus::new());
+        let serial = attach_legacy_devices(&vm, &io_bus, config, timeline, exits)?;
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut vcpus = Vec::with_capacity(config.vcpus.into());
+        for index in 0..config.vcpus {
+            let fd = vm
+                .fd()
+                .create_vcpu(index.into())
+                .map_err(kvm_call("KVM_CREATE_VCPU"))?;
+            let mut cpuid = supported.clone();
+            cpuid::configure(&mut cpuid, index, config.vcpus);
+            fd.set_cpuid2(&cpuid).map_err(kvm_call("KVM_SET_CPUID2"))?;
+            regs::setup_msrs(&fd)?;
+            regs::setup_fpu(&fd)?;
+            regs::setup_lapic(&fd)?;
+            if index == 0 {
+                regs::setup_regs(&fd, kernel.boot)?;
+                regs::setup_sregs(mem, &fd, kernel.boot)?;
+            }
+            vcpus.push(Vcpu {
+                fd,
+                index,
+                io_bus: io_bus.clone(),
+                mmio_bus: mmio_bus.clone(),
+                exits: exits.clone(),
+                timeline: timeline.clone(),
+            });
+        }
+
+        Ok(Machine {
+            vcpu_handles: Vec::new(),
+            vcpus,
+            serial,
+            io_bus,
+            mmio_bus,
+            vm,
+        })
+    }
+
+    /// Starts every vCPU thread. On error, threads already started are
+    /// stopped when the machine is dropped.
+    pub fn start(&mut self) -> Result<(), BuildError> {
+        for vcpu in self.vcpus.drain(..) {
+            self.vcpu_handles.push(vcpu.start()?);
+        }
+        Ok(())
+    }
+
+    pub fn pause(&self) -> Result<(), VcpuError> {
+        self.vcpu_handles.iter().try_for_each(VcpuHandle::pause)
+    }
+
+    pub fn resume(&self) -> Result<(), VcpuError> {
+        self.vcpu_handles.iter().try_for_each(VcpuHandle::resume)
+    }
+
+    /// Stops and joins every vCPU thread.
+    pub fn stop(&mut self) {
+        self.vcpu_handles.clear();
+    }
+
+    /// Gives host input to the guest console; returns how much fit.
+    pub fn console_input(&self, bytes: &[u8]) -> usize {
+        self.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .enqueue_input(bytes)
+    }
+
+    pub fn io_bus(&self) -> &Arc<Bus> {
+        &self.io_bus
+    }
+
+    pub fn mmio_bus(&self) -> &Arc<Bus> {
+        &self.mmio_bus
+    }
+
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+}
+
+fn console_sink(config: &ConsoleConfig) -> Result<Option<Box<dyn Write + Send>>, BuildError> {
+    Ok(match config {
+        ConsoleConfig::Stdio => Some(Box::new(std::io::stdout())),
+        ConsoleConfig::File(path) => Some(Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| BuildError::ConsoleFile {
+                    path: path.clone(),
+                    source,
+                })?,
+        )),
+        ConsoleConfig::Off => None,
+    })
+}
+
+/// COM1, the i8042 reset line and the boot timer, on the port bus.
+fn attach_legacy_devices(
+    vm: &Vm,
+    io_bus: &Bus,
+    config: &VmConfig,
+    timeline: &Arc<Timeline>,
+    exits: &ExitSender,
+) -> Result<Arc<Mutex<SerialConsole>>, BuildError> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    vm.register_irqfd(&irq, COM1_IRQ)?;
+    let panic_exits = exits.clone();
+    let watcher = PanicWatcher::new(Box::new(move |message| {
+        panic_exits.send(ExitReason::KernelPanic(message))
+    }));
+    let serial = Arc::new(Mutex::new(SerialConsole::new(
+        EventFdTrigger::new(irq),
+        ConsoleOutput::new(console_sink(&config.console)?, watcher),
+    )));
+    io_bus.insert(serial.clone(), COM1_PORT.into(), SERIAL_PORT_LEN.into())?;
+
+    let reset_exits = exits.clone();
+    let i8042 = I8042::new(Box::new(move || {
+        reset_exits.send(ExitReason::GuestShutdown)
+    }));
+    io_bus.insert(
+        Arc::new(Mutex::new(i8042)),
+        I8042_PORT_BASE.into(),
+        I8042_PORT_LEN.into(),
+    )?;
+
+    let init_timeline = timeline.clone();
+    let timer = BootTimer::new(Box::new(move || init_timeline.mark(Milestone::GuestInit)));
+    io_bus.insert(Arc::new(Mutex::new(timer)), BOOT_TIMER_PORT.into(), 1)?;
+    Ok(serial)
+}

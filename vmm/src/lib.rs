@@ -1,0 +1,36 @@
+//! Skiff's virtual machine monitor: KVM, guest memory, x86_64 boot, vCPU
+//! threads and legacy devices, driven through a small action API from the
+//! process that embeds it (the containerd shim, or `vm-run`).
+//!
+//! ```no_run
+//! # use std::time::Instant;
+//! # use skiff_vmm::{VmmHandle, VmConfig, ConsoleConfig, config::default_cmdline};
+//! let vmm = VmmHandle::spawn(Instant::now())?;
+//! vmm.configure(VmConfig {
+//!     kernel: "build/guest/vmlinux".into(),
+//!     initrd: Some("build/guest/initramfs-debug.cpio".into()),
+//!     cmdline: default_cmdline(skiff_vmm::config::host_has_hardware_virt()),
+//!     vcpus: 1,
+//!     memory_mib: 128,
+//!     console: ConsoleConfig::Stdio,
+//! })?;
+//! vmm.start()?;
+//! let exit = vmm.wait_exit(None).expect("no timeout");
+//! println!("{}", exit.reason);
+//! # Ok::<(), skiff_vmm::VmmError>(())
+//! ```
+
+pub mod api;
+pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod exit;
+pub mod loader;
+pub mod timeline;
+mod vmm;
+pub mod vstate;
+
+pub use api::{VmState, VmmAction, VmmData, VmmError};
+pub use config::{ConsoleConfig, VmConfig};
+pub use exit::{ExitReason, ExitSender};
+pub use vmm::{ExitInfo, VmmHandle};

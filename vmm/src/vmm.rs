@@ -1,0 +1,337 @@
+//! The VMM thread and the handle the rest of Skiff holds on it.
+//!
+//! One thread owns the VM: it answers API requests and reacts to exits
+//! reported by vCPUs and devices, in an event-manager loop. vCPUs run on
+//! their own threads and handle port/MMIO exits in place; they reach this
+//! thread only when the VM must end.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::api::{VmState, VmmAction, VmmData, VmmError};
+use crate::builder::{BuildError, Machine};
+use crate::config::{ConsoleConfig, VmConfig};
+use crate::exit::{ExitReason, ExitSender};
+use crate::timeline::{Milestone, Timeline, TimelineReport};
+
+/// How a VM ended.
+#[derive(Clone, Debug)]
+pub struct ExitInfo {
+    pub reason: ExitReason,
+    pub timeline: TimelineReport,
+}
+
+#[derive(Default)]
+struct ExitSlot {
+    info: Mutex<Option<ExitInfo>>,
+    ready: Condvar,
+}
+
+struct Request {
+    /// `None` ends the VMM thread.
+    action: Option<VmmAction>,
+    reply: Sender<Result<VmmData, VmmError>>,
+}
+
+/// The owner's side of a VMM thread. Dropping it stops the VM and joins
+/// the thread.
+pub struct VmmHandle {
+    requests: Sender<Request>,
+    wake: Arc<EventFd>,
+    exit: Arc<ExitSlot>,
+    timeline: Arc<Timeline>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VmmHandle {
+    /// Starts a VMM thread with no VM yet. `origin` is when the process
+    /// (or the request that asked for this VM) started, for the timeline.
+    pub fn spawn(origin: Instant) -> Result<Self, VmmError> {
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Spawn)?);
+        let exit_evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Spawn)?);
+        let (requests, request_rx) = channel();
+        let (exit_tx, exit_rx) = channel();
+        let timeline = Arc::new(Timeline::new(origin));
+        let exit = Arc::new(ExitSlot::default());
+        let controller = Controller {
+            state: VmState::Unconfigured,
+            config: None,
+            machine: None,
+            requests: request_rx,
+            api_evt: wake.clone(),
+            exit_evt: exit_evt.clone(),
+            exit_rx,
+            exits: ExitSender::new(exit_tx, exit_evt),
+            timeline: timeline.clone(),
+            exit_slot: exit.clone(),
+            quit: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("skiff-vmm".into())
+            .spawn(move || run_event_loop(controller))
+            .map_err(VmmError::Spawn)?;
+        Ok(Self {
+            requests,
+            wake,
+            exit,
+            timeline,
+            thread: Some(thread),
+        })
+    }
+
+    /// Sends `action` and waits for the answer.
+    pub fn request(&self, action: VmmAction) -> Result<VmmData, VmmError> {
+        self.send(Some(action))
+    }
+
+    fn send(&self, action: Option<VmmAction>) -> Result<VmmData, VmmError> {
+        let (reply, answer) = channel();
+        self.requests
+            .send(Request { action, reply })
+            .map_err(|_| VmmError::VmmGone)?;
+        self.wake.write(1).map_err(|_| VmmError::VmmGone)?;
+        answer.recv().map_err(|_| VmmError::VmmGone)?
+    }
+
+    pub fn configure(&self, config: VmConfig) -> Result<(), VmmError> {
+        self.request(VmmAction::Configure(config)).map(drop)
+    }
+
+    pub fn start(&self) -> Result<(), VmmError> {
+        self.request(VmmAction::Start).map(drop)
+    }
+
+    pub fn pause(&self) -> Result<(), VmmError> {
+        self.request(VmmAction::Pause).map(drop)
+    }
+
+    pub fn resume(&self) -> Result<(), VmmError> {
+        self.request(VmmAction::Resume).map(drop)
+    }
+
+    pub fn stop(&self) -> Result<(), VmmError> {
+        self.request(VmmAction::Stop).map(drop)
+    }
+
+    pub fn state(&self) -> Result<VmState, VmmError> {
+        match self.request(VmmAction::GetState)? {
+            VmmData::State(state) => Ok(state),
+            VmmData::Empty => Err(VmmError::VmmGone),
+        }
+    }
+
+    /// Waits until the VM has ended, or `timeout` passes (`None`).
+    pub fn wait_exit(&self, timeout: Option<Duration>) -> Option<ExitInfo> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut info = self.exit.info.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(exit) = info.as_ref() {
+                return Some(exit.clone());
+            }
+            info = match deadline {
+                None => self
+                    .exit
+                    .ready
+                    .wait(info)
+                    .unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.checked_duration_since(Instant::now())?;
+                    self.exit
+                        .ready
+                        .wait_timeout(info, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// The boot timeline so far.
+    pub fn timeline(&self) -> TimelineReport {
+        self.timeline.report()
+    }
+}
+
+impl Drop for VmmHandle {
+    fn drop(&mut self) {
+        let _ = self.send(None);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// State owned by the VMM thread.
+struct Controller {
+    state: VmState,
+    config: Option<VmConfig>,
+    machine: Option<Machine>,
+    requests: Receiver<Request>,
+    api_evt: Arc<EventFd>,
+    exit_evt: Arc<EventFd>,
+    exit_rx: Receiver<ExitReason>,
+    exits: ExitSender,
+    timeline: Arc<Timeline>,
+    exit_slot: Arc<ExitSlot>,
+    quit: bool,
+}
+
+fn run_event_loop(controller: Controller) {
+    let controller = Arc::new(Mutex::new(controller));
+    let mut events = match EventManager::<Arc<Mutex<Controller>>>::new() {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::error!("cannot create the VMM event loop: {e}");
+            return;
+        }
+    };
+    events.add_subscriber(controller.clone());
+    loop {
+        if let Err(e) = events.run() {
+            tracing::error!("VMM event loop: {e}");
+            break;
+        }
+        if controller.lock().unwrap_or_else(|e| e.into_inner()).quit {
+            break;
+        }
+    }
+    let mut controller = controller.lock().unwrap_or_else(|e| e.into_inner());
+    controller.finish(ExitReason::Stopped);
+}
+
+const STDIN_FD: i32 = 0;
+
+impl MutEventSubscriber for Controller {
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [self.api_evt.as_raw_fd(), self.exit_evt.as_raw_fd()] {
+            if let Err(e) = ops.add(Events::empty_raw(fd).with_set(EventSet::IN)) {
+                tracing::error!("VMM event loop cannot watch fd {fd}: {e}");
+                self.quit = true;
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.api_evt.as_raw_fd() {
+            let _ = self.api_evt.read();
+            while let Ok(request) = self.requests.try_recv() {
+                let answer = match request.action {
+                    Some(action) => self.handle(action, ops),
+                    None => {
+                        self.quit = true;
+                        Ok(VmmData::Empty)
+                    }
+                };
+                let _ = request.reply.send(answer);
+            }
+        } else if fd == self.exit_evt.as_raw_fd() {
+            let _ = self.exit_evt.read();
+            if let Ok(reason) = self.exit_rx.try_recv() {
+                self.finish(reason);
+            }
+        } else if fd == STDIN_FD {
+            self.forward_stdin(events, ops);
+        }
+    }
+}
+
+/// Helper so `Events` can be built with a set from a raw fd.
+trait WithSet {
+    fn with_set(self, set: EventSet) -> Events;
+}
+
+impl WithSet for Events {
+    fn with_set(self, set: EventSet) -> Events {
+        Events::with_data_raw(self.fd(), self.data(), set)
+    }
+}
+
+impl Controller {
+    fn handle(&mut self, action: VmmAction, ops: &mut EventOps) -> Result<VmmData, VmmError> {
+        let next = self.state.after(&action)?;
+        match action {
+            VmmAction::GetState => return Ok(VmmData::State(self.state)),
+            VmmAction::Configure(config) => self.config = Some(config),
+            VmmAction::Start => self.start(ops)?,
+            VmmAction::Pause => self.machine()?.pause()?,
+            VmmAction::Resume => self.machine()?.resume()?,
+            VmmAction::Stop => self.finish(ExitReason::Stopped),
+        }
+        self.state = next;
+        Ok(VmmData::Empty)
+    }
+
+    fn machine(&self) -> Result<&Machine, VmmError> {
+        self.machine.as_ref().ok_or(VmmError::InvalidState {
+            action: "control",
+            state: self.state,
+        })
+    }
+
+    fn start(&mut self, ops: &mut EventOps) -> Result<(), VmmError> {
+        let Some(config) = self.config.as_ref() else {
+            return Err(VmmError::InvalidState {
+                action: "start",
+                state: self.state,
+            });
+        };
+        let mut machine = Machine::build(config, &self.timeline, &self.exits)?;
+        machine.start().map_err(BuildError::from)?;
+        if config.console == ConsoleConfig::Stdio {
+            // Best effort: stdin may be a file or closed, then no input.
+            let _ = ops.add(Events::empty_raw(STDIN_FD).with_set(EventSet::IN));
+        }
+        self.machine = Some(machine);
+        Ok(())
+    }
+
+    fn forward_stdin(&mut self, events: Events, ops: &mut EventOps) {
+        let mut buf = [0u8; 64];
+        let n = match std::io::stdin().lock().read(&mut buf) {
+            Ok(n) if n > 0 && events.event_set().contains(EventSet::IN) => n,
+            _ => {
+                let _ = ops.remove(events);
+                return;
+            }
+        };
+        if let Some(machine) = self.machine.as_ref() {
+            machine.console_input(&buf[..n]);
+        }
+    }
+
+    /// Ends the VM (if it ran) and publishes why, once.
+    fn finish(&mut self, reason: ExitReason) {
+        if self.state == VmState::Exited {
+            return;
+        }
+        let had_machine = self.machine.is_some();
+        if let Some(mut machine) = self.machine.take() {
+            machine.stop();
+        }
+        self.state = VmState::Exited;
+        if !had_machine {
+            return;
+        }
+        self.timeline.mark(Milestone::Exited);
+        tracing::info!(%reason, "VM exited");
+        let info = ExitInfo {
+            reason,
+            timeline: self.timeline.report(),
+        };
+        *self
+            .exit_slot
+            .info
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(info);
+        self.exit_slot.ready.notify_all();
+    }
+}

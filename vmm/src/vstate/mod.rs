@@ -1,0 +1,4 @@
+//! KVM objects: the VM with its memory and irqchip, and the vCPUs.
+
+pub mod vcpu;
+pub mod vm;
