@@ -1,1 +1,102 @@
-//! Shared helpers for Skiff integration tests live in `tests/`.
+//! Helpers for Skiff's integration tests: where the guest images and the
+//! built binaries are, and how to run `vm-run` and read what it reports.
+//!
+//! These tests boot real guests on real KVM. On hosts whose KVM emulates
+//! the guest kernel a boot takes tens of seconds, so each test boots once
+//! and checks many things in that boot.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// `build/guest/NAME`, which `make guest` produces. Panics with the fix
+/// when it is missing: a test must not pass without its guest.
+pub fn guest_artifact(name: &str) -> PathBuf {
+    let path = repo_root().join("build/guest").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `make guest` first",
+        path.display()
+    );
+    path
+}
+
+pub fn kernel() -> PathBuf {
+    guest_artifact("vmlinux")
+}
+
+pub fn debug_initramfs() -> PathBuf {
+    guest_artifact("initramfs-debug.cpio")
+}
+
+/// A binary of this workspace built with the same profile as the tests
+/// (`cargo build` must have run first; `make test` does).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` with the same profile first",
+        path.display()
+    );
+    path
+}
+
+/// A finished `vm-run`.
+pub struct VmRun {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl VmRun {
+    /// The JSON report `--json` prints as the last stderr line.
+    pub fn report(&self) -> serde_json::Value {
+        let line = self
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| panic!("no JSON report in stderr:\n{}", self.stderr));
+        serde_json::from_str(line).expect("valid JSON report")
+    }
+
+    /// Milliseconds since process start at `milestone`, if reached.
+    pub fn milestone_ms(&self, milestone: &str) -> Option<f64> {
+        self.report()["timeline"]["marks"]
+            .as_array()?
+            .iter()
+            .find(|m| m["milestone"] == milestone)?["wall_ms"]
+            .as_f64()
+    }
+}
+
+/// Runs `vm-run` with `args` and collects its output.
+pub fn vm_run(args: &[&str]) -> VmRun {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(workspace_binary("vm-run"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("vm-run starts");
+    VmRun {
+        status: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}

@@ -24,6 +24,8 @@ pub enum LoadError {
     },
     #[error("{path} is not a kernel: neither an ELF vmlinux nor a bzImage")]
     NotAKernel { path: PathBuf },
+    #[error("kernel {path} is truncated: its headers promise more than the file holds")]
+    Truncated { path: PathBuf },
     #[error("cannot load kernel {path}: {source}")]
     Kernel {
         path: PathBuf,
@@ -81,7 +83,12 @@ pub fn load_kernel(
     let low_end = low_ram_end(ram_size);
 
     let loaded = if is_elf {
-        let needed = elf_load_end(&mut file).map_err(unreadable)?;
+        let needed = elf_load_end(&mut file).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => LoadError::Truncated {
+                path: path.to_owned(),
+            },
+            _ => unreadable(e),
+        })?;
         if needed > low_end {
             return Err(too_small(needed));
         }
@@ -96,6 +103,12 @@ pub fn load_kernel(
             return Err(LoadError::NotAKernel {
                 path: path.to_owned(),
             })
+        }
+        Err(loader::Error::Elf(linux_loader::loader::elf::Error::ReadKernelImage)) => {
+            // Memory was checked above, so the file ended early.
+            return Err(LoadError::Truncated {
+                path: path.to_owned(),
+            });
         }
         Err(loader::Error::Bzimage(
             linux_loader::loader::bzimage::Error::ReadBzImageCompressedKernel,
