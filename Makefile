@@ -34,7 +34,7 @@ demo: build guest
 	$(VM_RUN) --kernel $(GUEST)/vmlinux --initrd $(GUEST)/initramfs-debug.cpio --timeline -- uname -a
 
 bench: build guest
-	scripts/bench-boot.sh
+	scripts/bench_boot.py
 
 clean:
 	$(CARGO) clean

@@ -103,7 +103,7 @@ fn run(args: Args, origin: Instant) -> Result<(), String> {
     let config = VmConfig {
         kernel: args.kernel,
         initrd: args.initrd,
-        cmdline,
+        cmdline: cmdline.clone(),
         vcpus: args.cpus,
         memory_mib: args.memory,
         console: args.console,
@@ -130,6 +130,7 @@ fn run(args: Args, origin: Instant) -> Result<(), String> {
     if args.json {
         let json = serde_json::json!({
             "exit": reason.to_string(),
+            "cmdline": cmdline,
             "clean": reason.is_clean() && !timed_out,
             "timed_out": timed_out,
             "timeline": timeline,
