@@ -1,0 +1,538 @@
+//! The virtio-mmio transport, version 2 (virtio 1.2, 4.2.2).
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{status, Activation, ActiveQueue, Interrupt, VirtioDevice, F_VERSION_1};
+use crate::BusDevice;
+
+/// Each device gets one 4 KiB page of MMIO space.
+pub const MMIO_REGION_SIZE: u64 = 0x1000;
+/// Where the driver writes a queue index to notify the device; KVM turns
+/// those writes into ioeventfd signals.
+pub const MMIO_NOTIFY_OFFSET: u64 = 0x50;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x5346_4b53; // "SKFS"
+const CONFIG_SPACE: u64 = 0x100;
+
+mod reg {
+    pub const MAGIC: u64 = 0x00;
+    pub const VERSION: u64 = 0x04;
+    pub const DEVICE_ID: u64 = 0x08;
+    pub const VENDOR_ID: u64 = 0x0c;
+    pub const DEVICE_FEATURES: u64 = 0x10;
+    pub const DEVICE_FEATURES_SEL: u64 = 0x14;
+    pub const DRIVER_FEATURES: u64 = 0x20;
+    pub const DRIVER_FEATURES_SEL: u64 = 0x24;
+    pub const QUEUE_SEL: u64 = 0x30;
+    pub const QUEUE_NUM_MAX: u64 = 0x34;
+    pub const QUEUE_NUM: u64 = 0x38;
+    pub const QUEUE_READY: u64 = 0x44;
+    pub const QUEUE_NOTIFY: u64 = 0x50;
+    pub const INTERRUPT_STATUS: u64 = 0x60;
+    pub const INTERRUPT_ACK: u64 = 0x64;
+    pub const STATUS: u64 = 0x70;
+    pub const QUEUE_DESC_LOW: u64 = 0x80;
+    pub const QUEUE_DESC_HIGH: u64 = 0x84;
+    pub const QUEUE_AVAIL_LOW: u64 = 0x90;
+    pub const QUEUE_AVAIL_HIGH: u64 = 0x94;
+    pub const QUEUE_USED_LOW: u64 = 0xa0;
+    pub const QUEUE_USED_HIGH: u64 = 0xa4;
+    pub const CONFIG_GENERATION: u64 = 0xfc;
+}
+
+/// A virtio device behind an MMIO register window.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    interrupt: Arc<Interrupt>,
+    status: u8,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    config_generation: u32,
+    active: bool,
+}
+
+impl MmioTransport {
+    /// Wraps `device`; `irqfd` is the eventfd the VMM routes to the
+    /// device's interrupt line.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        irqfd: EventFd,
+    ) -> std::io::Result<Self> {
+        let mut queues = Vec::new();
+        let mut queue_evts = Vec::new();
+        for &max in device.queue_max_sizes() {
+            let queue = Queue::new(max).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("queue size {max}: {e:?}"),
+                )
+            })?;
+            queues.push(queue);
+            queue_evts.push(EventFd::new(libc::EFD_NONBLOCK)?);
+        }
+        Ok(Self {
+            device,
+            mem,
+            queues,
+            queue_evts,
+            interrupt: Arc::new(Interrupt::new(irqfd)),
+            status: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            config_generation: 0,
+            active: false,
+        })
+    }
+
+    /// The eventfds to register as ioeventfds at [`MMIO_NOTIFY_OFFSET`],
+    /// with the queue index as datamatch.
+    pub fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    /// The interrupt, whose irqfd the VMM routes to this device's line.
+    pub fn interrupt(&self) -> &Arc<Interrupt> {
+        &self.interrupt
+    }
+
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
+    fn offered_features(&self) -> u64 {
+        self.device.features() | F_VERSION_1
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        if self.active {
+            return None; // queues are the device's while it runs
+        }
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn read_register(&self, offset: u64) -> u32 {
+        let queue = self.queues.get(self.queue_sel as usize);
+        match offset {
+            reg::MAGIC => MAGIC,
+            reg::VERSION => VERSION,
+            reg::DEVICE_ID => self.device.device_type(),
+            reg::VENDOR_ID => VENDOR_ID,
+            reg::DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.offered_features() as u32,
+                1 => (self.offered_features() >> 32) as u32,
+                _ => 0,
+            },
+            reg::QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
+            reg::QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
+            reg::INTERRUPT_STATUS => self.interrupt.status(),
+            reg::STATUS => u32::from(self.status),
+            reg::CONFIG_GENERATION => self.config_generation,
+            _ => 0,
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        let may_configure_queues =
+            self.status & status::FEATURES_OK != 0 && self.status & status::DRIVER_OK == 0;
+        match offset {
+            reg::DEVICE_FEATURES_SEL => self.device_features_sel = value,
+            reg::DRIVER_FEATURES_SEL => self.driver_features_sel = value,
+            reg::DRIVER_FEATURES => {
+                if self.status & status::FEATURES_OK == 0 {
+                    let shift = match self.driver_features_sel {
+                        0 => 0,
+                        1 => 32,
+                        _ => return,
+                    };
+                    let mask = 0xffff_ffffu64 << shift;
+                    let offered = self.offered_features();
+                    self.driver_features =
+                        (self.driver_features & !mask) | ((u64::from(value) << shift) & offered);
+                }
+            }
+            reg::QUEUE_SEL => self.queue_sel = value,
+            reg::QUEUE_NUM if may_configure_queues => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_size(value as u16);
+                }
+            }
+            reg::QUEUE_READY if may_configure_queues => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(value == 1);
+                }
+            }
+            reg::QUEUE_DESC_LOW
+            | reg::QUEUE_DESC_HIGH
+            | reg::QUEUE_AVAIL_LOW
+            | reg::QUEUE_AVAIL_HIGH
+            | reg::QUEUE_USED_LOW
+            | reg::QUEUE_USED_HIGH
+                if may_configure_queues =>
+            {
+                if let Some(q) = self.selected_queue() {
+                    let (low, high) = if offset & 4 == 0 {
+                        (Some(value), None)
+                    } else {
+                        (None, Some(value))
+                    };
+                    match offset & !4 {
+                        reg::QUEUE_DESC_LOW => q.set_desc_table_address(low, high),
+                        reg::QUEUE_AVAIL_LOW => q.set_avail_ring_address(low, high),
+                        _ => q.set_used_ring_address(low, high),
+                    }
+                }
+            }
+            reg::QUEUE_NOTIFY => {
+                // Only reached when no ioeventfd caught the write.
+                if let Some(evt) = self.queue_evts.get(value as usize) {
+                    let _ = evt.write(1);
+                }
+            }
+            reg::INTERRUPT_ACK => self.interrupt.ack(value),
+            reg::STATUS => self.set_status(value as u8),
+            _ => tracing::debug!("virtio-mmio: ignored write of {value:#x} at {offset:#x}"),
+        }
+    }
+
+    fn set_status(&mut self, value: u8) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        // The driver only adds bits (virtio 1.2, 3.1.1); refuse to clear any.
+        if value & self.status != self.status {
+            tracing::debug!(
+                "virtio-mmio: status {:#x} -> {value:#x} refused",
+                self.status
+            );
+            return;
+        }
+        self.status = value;
+        if value & status::DRIVER_OK != 0 && value & status::FEATURES_OK != 0 && !self.active {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for (queue, evt) in self.queues.iter().zip(&self.queue_evts) {
+            let usable = queue.ready() && queue.is_valid(&self.mem);
+            let cloned = Queue::try_from(queue.state()).ok().filter(|_| usable);
+            let notify = evt.try_clone();
+            match (cloned, notify) {
+                (Some(mut queue), Ok(notify)) => {
+                    queue.set_event_idx(self.driver_features & super::F_RING_EVENT_IDX != 0);
+                    queues.push(ActiveQueue { queue, notify });
+                }
+                _ => {
+                    tracing::warn!(
+                        "virtio-mmio: queue {} unusable, device not started",
+                        queues.len()
+                    );
+                    return self.fail();
+                }
+            }
+        }
+        let activation = Activation {
+            mem: self.mem.clone(),
+            features: self.driver_features,
+            queues,
+            interrupt: self.interrupt.clone(),
+        };
+        match self.device.activate(activation) {
+            Ok(()) => self.active = true,
+            Err(e) => {
+                tracing::warn!(
+                    "virtio device type {} failed to start: {e}",
+                    self.device.device_type()
+                );
+                self.fail();
+            }
+        }
+    }
+
+    /// Tells the driver the device is broken until it resets it.
+    fn fail(&mut self) {
+        self.status |= status::DEVICE_NEEDS_RESET;
+        self.interrupt.signal_config();
+    }
+
+    fn reset(&mut self) {
+        if self.active {
+            self.device.reset();
+            self.active = false;
+        }
+        for queue in &mut self.queues {
+            queue.reset();
+        }
+        for evt in &self.queue_evts {
+            let _ = evt.read();
+        }
+        self.interrupt.clear();
+        self.status = 0;
+        self.driver_features = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.read_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        data.fill(0);
+        // Registers are 32 bits wide and naturally aligned (4.2.2.2).
+        if data.len() == 4 && offset % 4 == 0 {
+            data.copy_from_slice(&self.read_register(offset).to_le_bytes());
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.write_config(offset - CONFIG_SPACE, data);
+            self.config_generation = self.config_generation.wrapping_add(1);
+            return;
+        }
+        if let (Ok(bytes), 0) = (<[u8; 4]>::try_from(data), offset % 4) {
+            self.write_register(offset, u32::from_le_bytes(bytes));
+        }
+    }
+}
+
+impl Drop for MmioTransport {
+    fn drop(&mut self) {
+        if self.active {
+            self.device.reset();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::ActivateError;
+    use std::sync::Mutex;
+    use vm_memory::GuestAddress;
+
+    #[derive(Default)]
+    struct Log {
+        activations: Vec<(u64, usize)>,
+        resets: usize,
+    }
+
+    struct Dummy {
+        log: Arc<Mutex<Log>>,
+        fail: bool,
+    }
+
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 16]
+        }
+        fn features(&self) -> u64 {
+            1 << 3
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            super::super::read_config_bytes(&[0xaa, 0xbb], offset, data)
+        }
+        fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+            if self.fail {
+                return Err(ActivateError::QueueCount { got: 0, want: 1 });
+            }
+            self.log
+                .lock()
+                .unwrap()
+                .activations
+                .push((a.features, a.queues.len()));
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.log.lock().unwrap().resets += 1;
+        }
+    }
+
+    fn transport(fail: bool) -> (MmioTransport, Arc<Mutex<Log>>) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let log = Arc::new(Mutex::new(Log::default()));
+        let dev = Dummy {
+            log: log.clone(),
+            fail,
+        };
+        let t = MmioTransport::new(
+            Box::new(dev),
+            mem,
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        )
+        .unwrap();
+        (t, log)
+    }
+
+    fn r(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        t.read(offset, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    fn w(t: &mut MmioTransport, offset: u64, value: u32) {
+        t.write(offset, &value.to_le_bytes());
+    }
+
+    /// The Linux driver's sequence, with queues at valid addresses.
+    fn bring_up(t: &mut MmioTransport, features_low: u32) {
+        w(t, reg::STATUS, u32::from(status::ACKNOWLEDGE));
+        w(
+            t,
+            reg::STATUS,
+            u32::from(status::ACKNOWLEDGE | status::DRIVER),
+        );
+        w(t, reg::DRIVER_FEATURES_SEL, 0);
+        w(t, reg::DRIVER_FEATURES, features_low);
+        w(t, reg::DRIVER_FEATURES_SEL, 1);
+        w(t, reg::DRIVER_FEATURES, 1);
+        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+        w(t, reg::STATUS, u32::from(s));
+        for q in 0..2u32 {
+            let base = 0x1000 * (q + 1);
+            w(t, reg::QUEUE_SEL, q);
+            w(t, reg::QUEUE_NUM, 16);
+            w(t, reg::QUEUE_DESC_LOW, base);
+            w(t, reg::QUEUE_AVAIL_LOW, base + 0x100);
+            w(t, reg::QUEUE_USED_LOW, base + 0x200);
+            w(t, reg::QUEUE_READY, 1);
+        }
+        w(t, reg::STATUS, u32::from(s | status::DRIVER_OK));
+    }
+
+    #[test]
+    fn identifies_itself() {
+        let (mut t, _) = transport(false);
+        assert_eq!(r(&mut t, reg::MAGIC), MAGIC);
+        assert_eq!(r(&mut t, reg::VERSION), 2);
+        assert_eq!(r(&mut t, reg::DEVICE_ID), 42);
+        assert_eq!(r(&mut t, reg::DEVICE_FEATURES), 1 << 3);
+        w(&mut t, reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r(&mut t, reg::DEVICE_FEATURES), 1);
+        w(&mut t, reg::QUEUE_SEL, 1);
+        assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 16);
+        w(&mut t, reg::QUEUE_SEL, 7);
+        assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 0);
+        let mut cfg = [0u8; 4];
+        t.read(CONFIG_SPACE + 1, &mut cfg);
+        assert_eq!(cfg, [0xbb, 0, 0, 0]);
+    }
+
+    #[test]
+    fn activates_with_negotiated_features_and_resets() {
+        let (mut t, log) = transport(false);
+        // The driver also asks for bit 5, which was never offered.
+        bring_up(&mut t, (1 << 3) | (1 << 5));
+        assert_eq!(
+            log.lock().unwrap().activations,
+            vec![((1 << 3) | F_VERSION_1, 2)]
+        );
+        // Queue registers are frozen while the device runs.
+        w(&mut t, reg::QUEUE_SEL, 0);
+        w(&mut t, reg::QUEUE_NUM, 2);
+        w(&mut t, reg::STATUS, 0);
+        assert_eq!(log.lock().unwrap().resets, 1);
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
+        bring_up(&mut t, 1 << 3);
+        assert_eq!(log.lock().unwrap().activations.len(), 2);
+    }
+
+    #[test]
+    fn bad_queues_or_device_errors_need_reset() {
+        let (mut t, log) = transport(false);
+        // Never configures queue addresses: not ready.
+        w(
+            &mut t,
+            reg::STATUS,
+            u32::from(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK),
+        );
+        w(
+            &mut t,
+            reg::STATUS,
+            u32::from(
+                status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+            ),
+        );
+        assert!(log.lock().unwrap().activations.is_empty());
+        assert_ne!(r(&mut t, reg::STATUS) as u8 & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), super::super::INT_CONFIG);
+
+        let (mut t, _) = transport(true);
+        bring_up(&mut t, 0);
+        assert_ne!(r(&mut t, reg::STATUS) as u8 & status::DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn queue_addresses_outside_memory_are_refused() {
+        let (mut t, log) = transport(false);
+        w(
+            &mut t,
+            reg::STATUS,
+            u32::from(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK),
+        );
+        for q in 0..2 {
+            w(&mut t, reg::QUEUE_SEL, q);
+            w(&mut t, reg::QUEUE_NUM, 16);
+            w(&mut t, reg::QUEUE_DESC_LOW, 0xffff_f000);
+            w(&mut t, reg::QUEUE_DESC_HIGH, 0xffff_ffff);
+            w(&mut t, reg::QUEUE_READY, 1);
+        }
+        w(
+            &mut t,
+            reg::STATUS,
+            u32::from(
+                status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+            ),
+        );
+        assert!(log.lock().unwrap().activations.is_empty());
+    }
+
+    #[test]
+    fn odd_accesses_are_ignored() {
+        let (mut t, _) = transport(false);
+        let mut two = [0xffu8; 2];
+        t.read(reg::MAGIC, &mut two);
+        assert_eq!(two, [0, 0]);
+        t.write(reg::STATUS, &[1]);
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+        t.write(reg::STATUS + 1, &1u32.to_le_bytes());
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+        // Notify of a queue that does not exist.
+        w(&mut t, reg::QUEUE_NOTIFY, 99);
+        // Status that clears bits is refused.
+        w(&mut t, reg::STATUS, 3);
+        w(&mut t, reg::STATUS, 1);
+        assert_eq!(r(&mut t, reg::STATUS), 3);
+    }
+
+    #[test]
+    fn notify_without_ioeventfd_signals_the_queue() {
+        let (mut t, _) = transport(false);
+        w(&mut t, reg::QUEUE_NOTIFY, 1);
+        assert_eq!(t.queue_events()[1].read().unwrap(), 1);
+    }
+}
