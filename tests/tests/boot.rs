@@ -34,6 +34,7 @@ fn api_boots_pauses_resumes_and_runs_a_command() {
         vcpus: 1,
         memory_mib: 128,
         console: ConsoleConfig::File(console.clone()),
+        devices: Vec::new(),
     })
     .unwrap();
     assert_eq!(vmm.state().unwrap(), VmState::Configured);

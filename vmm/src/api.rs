@@ -112,6 +112,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 128,
             console: ConsoleConfig::Off,
+            devices: Vec::new(),
         })
     }
 

@@ -10,17 +10,19 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::IoEventAddress;
 use kvm_ioctls::Kvm;
 use skiff_devices::legacy::{
     BootTimer, ConsoleOutput, EventFdTrigger, PanicWatcher, SerialConsole, BOOT_TIMER_PORT,
     COM1_IRQ, COM1_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_LEN,
 };
+use skiff_devices::virtio::{MmioTransport, VirtioDevice, MMIO_NOTIFY_OFFSET, MMIO_REGION_SIZE};
 use skiff_devices::{Bus, BusError};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{boot, cpuid, layout, mptable, regs};
-use crate::config::{ConfigError, ConsoleConfig, VmConfig};
+use crate::config::{ConfigError, ConsoleConfig, DeviceConfig, VmConfig};
 use crate::exit::{ExitReason, ExitSender};
 use crate::loader::{self, LoadError};
 use crate::timeline::{Milestone, Timeline};
@@ -62,6 +64,15 @@ pub enum BuildError {
     },
     #[error("creating an eventfd: {0}")]
     EventFd(std::io::Error),
+    #[error("{0}: this device is not built yet")]
+    DeviceUnsupported(&'static str),
+    #[error("too many virtio devices: at most {0}")]
+    TooManyDevices(usize),
+    #[error("{device}: {source}")]
+    Device {
+        device: String,
+        source: std::io::Error,
+    },
 }
 
 fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
@@ -97,6 +108,9 @@ impl Machine {
         let vm = Vm::new(&kvm, ram_size)?;
         timeline.mark(Milestone::VmCreated);
 
+        let mmio_bus = Arc::new(Bus::new());
+        let virtio_cmdline = attach_virtio_devices(&vm, &mmio_bus, &config.devices)?;
+
         let mem = vm.memory();
         let kernel = loader::load_kernel(mem, ram_size, &config.kernel)?;
         let initrd = config
@@ -104,7 +118,15 @@ impl Machine {
             .as_deref()
             .map(|path| loader::load_initrd(mem, ram_size, &kernel, path))
             .transpose()?;
-        let mut cmdline = config.cmdline.as_bytes().to_vec();
+        let mut cmdline = with_virtio_devices(&config.cmdline, &virtio_cmdline).into_bytes();
+        let max = layout::CMDLINE_MAX_SIZE - 1;
+        if cmdline.len() > max {
+            return Err(ConfigError::CmdlineTooLong {
+                len: cmdline.len(),
+                max,
+            }
+            .into());
+        }
         cmdline.push(0);
         mem.write_slice(&cmdline, GuestAddress(layout::CMDLINE_START))
             .map_err(BuildError::Cmdline)?;
@@ -119,7 +141,6 @@ impl Machine {
         timeline.mark(Milestone::KernelLoaded);
 
         let io_bus = Arc::new(Bus::new());
-        let mmio_bus = Arc::new(Bus::new());
         let serial = attach_legacy_devices(&vm, &io_bus, config, timeline, exits)?;
 
         let supported = kvm
@@ -255,4 +276,80 @@ fn attach_legacy_devices(
     let timer = BootTimer::new(Box::new(move || init_timeline.mark(Milestone::GuestInit)));
     io_bus.insert(Arc::new(Mutex::new(timer)), BOOT_TIMER_PORT.into(), 1)?;
     Ok(serial)
+}
+
+/// Kernel parameters declaring virtio-mmio devices go before any `--`,
+/// which ends the kernel's own parameters.
+fn with_virtio_devices(cmdline: &str, devices: &str) -> String {
+    if devices.is_empty() {
+        return cmdline.to_string();
+    }
+    match cmdline.find(" -- ") {
+        Some(at) => format!("{} {devices}{}", &cmdline[..at], &cmdline[at..]),
+        None if cmdline.starts_with("-- ") => format!("{devices} {cmdline}"),
+        None => format!("{cmdline} {devices}"),
+    }
+}
+
+/// Creates the device model for `config`.
+fn create_device(config: &DeviceConfig) -> Result<Box<dyn VirtioDevice>, BuildError> {
+    match config {
+        DeviceConfig::Block(_) => Err(BuildError::DeviceUnsupported("virtio-blk")),
+        DeviceConfig::Net(_) => Err(BuildError::DeviceUnsupported("virtio-net")),
+        DeviceConfig::Vsock(_) => Err(BuildError::DeviceUnsupported("virtio-vsock")),
+        DeviceConfig::Fs(_) => Err(BuildError::DeviceUnsupported("virtio-fs")),
+    }
+}
+
+/// Puts each device behind a virtio-mmio window with its own interrupt
+/// line and queue ioeventfds; returns the `virtio_mmio.device=` kernel
+/// parameters that declare them.
+fn attach_virtio_devices(
+    vm: &Vm,
+    mmio_bus: &Bus,
+    devices: &[DeviceConfig],
+) -> Result<String, BuildError> {
+    let slots = (layout::VIRTIO_IRQ_LAST - layout::VIRTIO_IRQ_FIRST + 1) as usize;
+    if devices.len() > slots {
+        return Err(BuildError::TooManyDevices(slots));
+    }
+    let mut params = Vec::new();
+    for (i, config) in devices.iter().enumerate() {
+        let base = layout::VIRTIO_MMIO_START + i as u64 * MMIO_REGION_SIZE;
+        let irq = layout::VIRTIO_IRQ_FIRST + i as u32;
+        let device = create_device(config)?;
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+        let transport =
+            MmioTransport::new(device, vm.memory().clone(), irqfd).map_err(BuildError::EventFd)?;
+        vm.register_irqfd(transport.interrupt().irqfd(), irq)?;
+        for (queue, evt) in transport.queue_events().iter().enumerate() {
+            vm.fd()
+                .register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(base + MMIO_NOTIFY_OFFSET),
+                    queue as u32,
+                )
+                .map_err(kvm_call("KVM_IOEVENTFD"))?;
+        }
+        mmio_bus.insert(Arc::new(Mutex::new(transport)), base, MMIO_REGION_SIZE)?;
+        params.push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+    }
+    Ok(params.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtio_parameters_stay_before_init_arguments() {
+        let dev = "virtio_mmio.device=4K@0xc0000000:5";
+        assert_eq!(with_virtio_devices("quiet", ""), "quiet");
+        assert_eq!(with_virtio_devices("quiet", dev), format!("quiet {dev}"));
+        assert_eq!(
+            with_virtio_devices("quiet -- echo a -- b", dev),
+            format!("quiet {dev} -- echo a -- b")
+        );
+        assert_eq!(with_virtio_devices("-- sh", dev), format!("{dev} -- sh"));
+    }
 }

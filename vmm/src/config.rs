@@ -24,6 +24,219 @@ pub struct VmConfig {
     pub vcpus: u8,
     pub memory_mib: u64,
     pub console: ConsoleConfig,
+    /// Virtio devices, in the order the guest will number them.
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// A virtio device to attach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceConfig {
+    Block(BlockConfig),
+    Net(NetConfig),
+    Vsock(VsockConfig),
+    Fs(FsConfig),
+}
+
+/// virtio-blk over a raw image file: `path=FILE[,ro][,direct]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// Open with O_DIRECT, bypassing the host page cache.
+    pub direct: bool,
+}
+
+/// virtio-net over a tap device: `tap=NAME[,mac=MAC]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    pub tap: String,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// virtio-vsock: `cid=N,socket=PATH` (Firecracker's hybrid Unix socket).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    pub guest_cid: u32,
+    pub socket: PathBuf,
+}
+
+/// virtio-fs share of a host directory: `tag=TAG,path=DIR[,ro][,cache=never|auto|always]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsConfig {
+    pub tag: String,
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub cache: FsCache,
+}
+
+/// How long the guest may cache file data and attributes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FsCache {
+    Never,
+    #[default]
+    Auto,
+    Always,
+}
+
+/// Splits `key=value,flag,...` into pairs; a bare word has no value.
+fn options(spec: &str) -> Result<Vec<(&str, Option<&str>)>, String> {
+    spec.split(',')
+        .map(|part| match part.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k, Some(v))),
+            None if !part.is_empty() => Ok((part, None)),
+            _ => Err(format!("`{part}` is not key=value")),
+        })
+        .collect()
+}
+
+fn unknown(key: &str, allowed: &str) -> String {
+    format!("unknown option `{key}` (expected {allowed})")
+}
+
+fn required<T>(value: Option<T>, key: &str) -> Result<T, String> {
+    value.ok_or_else(|| format!("`{key}=` is required"))
+}
+
+fn value<'a>(key: &str, v: Option<&'a str>) -> Result<&'a str, String> {
+    match v {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(format!("`{key}` needs a value")),
+    }
+}
+
+fn flag(key: &str, v: Option<&str>) -> Result<bool, String> {
+    match v {
+        None => Ok(true),
+        Some(v) => Err(format!("`{key}` takes no value (got `{v}`)")),
+    }
+}
+
+impl std::str::FromStr for BlockConfig {
+    type Err = String;
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (mut path, mut read_only, mut direct) = (None, false, false);
+        for (k, v) in options(spec)? {
+            match k {
+                "path" => path = Some(PathBuf::from(value(k, v)?)),
+                "ro" => read_only = flag(k, v)?,
+                "direct" => direct = flag(k, v)?,
+                _ => return Err(unknown(k, "path=, ro, direct")),
+            }
+        }
+        Ok(Self {
+            path: required(path, "path")?,
+            read_only,
+            direct,
+        })
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("`{text}` is not a MAC address like 02:00:00:00:00:01");
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (mut tap, mut mac) = (None, None);
+        for (k, v) in options(spec)? {
+            match k {
+                "tap" => {
+                    let name = value(k, v)?;
+                    if name.len() >= libc::IFNAMSIZ {
+                        return Err(format!(
+                            "tap name `{name}` is longer than {} bytes",
+                            libc::IFNAMSIZ - 1
+                        ));
+                    }
+                    tap = Some(name.to_string());
+                }
+                "mac" => mac = Some(parse_mac(value(k, v)?)?),
+                _ => return Err(unknown(k, "tap=, mac=")),
+            }
+        }
+        Ok(Self {
+            tap: required(tap, "tap")?,
+            mac,
+        })
+    }
+}
+
+impl std::str::FromStr for VsockConfig {
+    type Err = String;
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (mut cid, mut socket) = (None, None);
+        for (k, v) in options(spec)? {
+            match k {
+                "cid" => {
+                    let text = value(k, v)?;
+                    let n: u32 = text
+                        .parse()
+                        .map_err(|_| format!("cid `{text}` is not a number"))?;
+                    // 0-2 are reserved (hypervisor, local, host).
+                    if n < 3 {
+                        return Err(format!("cid {n} is reserved; use 3 or more"));
+                    }
+                    cid = Some(n);
+                }
+                "socket" => socket = Some(PathBuf::from(value(k, v)?)),
+                _ => return Err(unknown(k, "cid=, socket=")),
+            }
+        }
+        Ok(Self {
+            guest_cid: required(cid, "cid")?,
+            socket: required(socket, "socket")?,
+        })
+    }
+}
+
+impl std::str::FromStr for FsConfig {
+    type Err = String;
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (mut tag, mut path, mut read_only, mut cache) = (None, None, false, FsCache::Auto);
+        for (k, v) in options(spec)? {
+            match k {
+                "tag" => {
+                    let t = value(k, v)?;
+                    // The tag field of the config space is 36 bytes.
+                    if t.len() > 36 {
+                        return Err(format!("tag `{t}` is longer than 36 bytes"));
+                    }
+                    tag = Some(t.to_string());
+                }
+                "path" => path = Some(PathBuf::from(value(k, v)?)),
+                "ro" => read_only = flag(k, v)?,
+                "cache" => {
+                    cache = match value(k, v)? {
+                        "never" => FsCache::Never,
+                        "auto" => FsCache::Auto,
+                        "always" => FsCache::Always,
+                        other => {
+                            return Err(format!("cache `{other}` is not never, auto or always"))
+                        }
+                    }
+                }
+                _ => return Err(unknown(k, "tag=, path=, ro, cache=")),
+            }
+        }
+        Ok(Self {
+            tag: required(tag, "tag")?,
+            path: required(path, "path")?,
+            read_only,
+            cache,
+        })
+    }
 }
 
 /// Errors in a [`VmConfig`] found before anything is created.
@@ -159,7 +372,45 @@ mod tests {
             vcpus: 1,
             memory_mib: 128,
             console: ConsoleConfig::Off,
+            devices: Vec::new(),
         }
+    }
+
+    #[test]
+    fn parses_device_flags() {
+        let blk: BlockConfig = "path=/img,ro".parse().unwrap();
+        assert_eq!(
+            (blk.path.to_str(), blk.read_only, blk.direct),
+            (Some("/img"), true, false)
+        );
+        assert!("ro".parse::<BlockConfig>().unwrap_err().contains("path="));
+        assert!("path=/img,rw"
+            .parse::<BlockConfig>()
+            .unwrap_err()
+            .contains("unknown option `rw`"));
+        assert!("path=/img,ro=1".parse::<BlockConfig>().is_err());
+        assert!("path=".parse::<BlockConfig>().is_err());
+
+        let net: NetConfig = "tap=tap0,mac=02:00:00:00:00:0a".parse().unwrap();
+        assert_eq!(net.mac, Some([2, 0, 0, 0, 0, 0x0a]));
+        assert!("tap=tap0,mac=02:00".parse::<NetConfig>().is_err());
+        assert!("tap=a-very-long-tap-name".parse::<NetConfig>().is_err());
+
+        let vsock: VsockConfig = "cid=3,socket=/tmp/v.sock".parse().unwrap();
+        assert_eq!(vsock.guest_cid, 3);
+        assert!("cid=2,socket=/x"
+            .parse::<VsockConfig>()
+            .unwrap_err()
+            .contains("reserved"));
+        assert!("cid=x,socket=/x".parse::<VsockConfig>().is_err());
+
+        let fs: FsConfig = "tag=share,path=/srv,ro,cache=never".parse().unwrap();
+        assert_eq!((fs.read_only, fs.cache), (true, FsCache::Never));
+        assert!("tag=share"
+            .parse::<FsConfig>()
+            .unwrap_err()
+            .contains("path="));
+        assert!("tag=s,path=/p,cache=sometimes".parse::<FsConfig>().is_err());
     }
 
     #[test]

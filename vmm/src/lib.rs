@@ -13,6 +13,7 @@
 //!     vcpus: 1,
 //!     memory_mib: 128,
 //!     console: ConsoleConfig::Stdio,
+//!     devices: Vec::new(),
 //! })?;
 //! vmm.start()?;
 //! let exit = vmm.wait_exit(None).expect("no timeout");

@@ -35,6 +35,13 @@ pub const HIMEM_START: u64 = 0x10_0000;
 /// The 32-bit device hole.
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+/// virtio-mmio windows, one 4 KiB page per device, from the start of
+/// the device hole.
+pub const VIRTIO_MMIO_START: u64 = MMIO_GAP_START;
+/// Interrupt lines for virtio devices: I/O APIC pins 5..=23 (0-4 are the
+/// PIT, keyboard, cascade and COM ports).
+pub const VIRTIO_IRQ_FIRST: u32 = 5;
+pub const VIRTIO_IRQ_LAST: u32 = 23;
 /// Local and I/O APIC addresses.
 pub const APIC_START: u64 = 0xfee0_0000;
 pub const IOAPIC_START: u64 = 0xfec0_0000;

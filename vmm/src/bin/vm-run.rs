@@ -10,7 +10,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use skiff_vmm::config::{append_init_args, default_cmdline, host_has_hardware_virt};
+use skiff_vmm::config::{
+    append_init_args, default_cmdline, host_has_hardware_virt, BlockConfig, DeviceConfig, FsConfig,
+    NetConfig, VsockConfig,
+};
 use skiff_vmm::timeline::{Milestone, TimelineReport};
 use skiff_vmm::{ConsoleConfig, ExitReason, VmConfig, VmmHandle};
 
@@ -46,6 +49,18 @@ struct Args {
     /// Print the exit reason and timeline as one JSON object on stderr.
     #[arg(long)]
     json: bool,
+    /// Attach a virtio-blk disk: path=FILE[,ro][,direct] (repeatable).
+    #[arg(long = "disk", value_name = "path=FILE[,ro]")]
+    disks: Vec<BlockConfig>,
+    /// Attach a virtio-net device on a tap: tap=NAME[,mac=MAC] (repeatable).
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    nets: Vec<NetConfig>,
+    /// Attach virtio-vsock: cid=N,socket=PATH.
+    #[arg(long, value_name = "cid=N,socket=PATH")]
+    vsock: Option<VsockConfig>,
+    /// Share a host directory over virtio-fs: tag=TAG,path=DIR[,ro][,cache=never|auto|always] (repeatable).
+    #[arg(long = "fs", value_name = "tag=TAG,path=DIR[,ro]")]
+    shares: Vec<FsConfig>,
     /// Stop the VM and fail after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
@@ -100,6 +115,11 @@ fn run(args: Args, origin: Instant) -> Result<(), String> {
         .cmdline
         .unwrap_or_else(|| default_cmdline(host_has_hardware_virt()));
     let cmdline = append_init_args(&base, &args.init_args).map_err(|e| e.to_string())?;
+    let devices = (args.disks.into_iter().map(DeviceConfig::Block))
+        .chain(args.nets.into_iter().map(DeviceConfig::Net))
+        .chain(args.vsock.into_iter().map(DeviceConfig::Vsock))
+        .chain(args.shares.into_iter().map(DeviceConfig::Fs))
+        .collect();
     let config = VmConfig {
         kernel: args.kernel,
         initrd: args.initrd,
@@ -107,6 +127,7 @@ fn run(args: Args, origin: Instant) -> Result<(), String> {
         vcpus: args.cpus,
         memory_mib: args.memory,
         console: args.console,
+        devices,
     };
 
     let vmm = VmmHandle::spawn(origin).map_err(|e| e.to_string())?;
