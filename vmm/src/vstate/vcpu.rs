@@ -273,25 +273,15 @@ impl VcpuHandle {
             let _ = thread.kill(kick_signal());
         }
     }
+}
 
-    /// Ends the thread and waits for it.
-    pub fn stop(mut self) {
+/// Dropping a handle stops the vCPU thread and waits for it.
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
         let _ = self.commands.send(Command::Stop);
         self.kick();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for VcpuHandle {
-    fn drop(&mut self) {
-        if self.thread.is_some() {
-            let _ = self.commands.send(Command::Stop);
-            self.kick();
-            if let Some(thread) = self.thread.take() {
-                let _ = thread.join();
-            }
         }
     }
 }
