@@ -156,7 +156,7 @@ fi
 log "all $(grep -cE '^(CONFIG_|# CONFIG_.* is not set$)' "$fragment") requested options verified"
 
 # --- build --------------------------------------------------------------------
-log "building vmlinux in $tree (make -j$jobs; this takes ~13 min from scratch on 2 cores)"
+log "building vmlinux in $tree (make -j$jobs; 2-13 min from scratch on 2 cores, seconds when incremental)"
 start=$(date +%s)
 kmake -j"$jobs" vmlinux
 log "built in $(( $(date +%s) - start )) s"
