@@ -16,13 +16,14 @@ use skiff_devices::legacy::{
     BootTimer, ConsoleOutput, EventFdTrigger, PanicWatcher, SerialConsole, BOOT_TIMER_PORT,
     COM1_IRQ, COM1_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_LEN,
 };
+use skiff_devices::virtio::fs::{CacheMode, Fs, FsShare};
 use skiff_devices::virtio::{MmioTransport, VirtioDevice, MMIO_NOTIFY_OFFSET, MMIO_REGION_SIZE};
 use skiff_devices::{Bus, BusError};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{boot, cpuid, layout, mptable, regs};
-use crate::config::{ConfigError, ConsoleConfig, DeviceConfig, VmConfig};
+use crate::config::{ConfigError, ConsoleConfig, DeviceConfig, FsCache, FsConfig, VmConfig};
 use crate::exit::{ExitReason, ExitSender};
 use crate::loader::{self, LoadError};
 use crate::timeline::{Milestone, Timeline};
@@ -297,8 +298,26 @@ fn create_device(config: &DeviceConfig) -> Result<Box<dyn VirtioDevice>, BuildEr
         DeviceConfig::Block(_) => Err(BuildError::DeviceUnsupported("virtio-blk")),
         DeviceConfig::Net(_) => Err(BuildError::DeviceUnsupported("virtio-net")),
         DeviceConfig::Vsock(_) => Err(BuildError::DeviceUnsupported("virtio-vsock")),
-        DeviceConfig::Fs(_) => Err(BuildError::DeviceUnsupported("virtio-fs")),
+        DeviceConfig::Fs(fs) => create_fs(fs),
     }
+}
+
+fn create_fs(config: &FsConfig) -> Result<Box<dyn VirtioDevice>, BuildError> {
+    let share = FsShare {
+        tag: config.tag.clone(),
+        path: config.path.clone(),
+        read_only: config.read_only,
+        cache: match config.cache {
+            FsCache::Never => CacheMode::Never,
+            FsCache::Auto => CacheMode::Auto,
+            FsCache::Always => CacheMode::Always,
+        },
+    };
+    let device = Fs::new(share).map_err(|e| BuildError::Device {
+        device: format!("--fs tag={},path={}", config.tag, config.path.display()),
+        source: e.into(),
+    })?;
+    Ok(Box::new(device))
 }
 
 /// Puts each device behind a virtio-mmio window with its own interrupt

@@ -1,0 +1,533 @@
+//! Serving FUSE requests from descriptor chains.
+//!
+//! fuse-backend-rs's `Server` parses each request and calls [`ShareFs`].
+//! It trusts parts of the header: the body length of name-carrying
+//! requests comes from `in_header.len`, and READDIR allocates the size the
+//! guest asks for. So before handing a chain over, [`FuseServer`] checks
+//! the header against the chain itself and answers EINVAL for a request
+//! that claims more bytes than it carries, or asks for a reply bigger than
+//! any FUSE reply. A chain too short to hold a header, or whose buffers lie
+//! outside guest memory, is returned with nothing written.
+
+use std::io::Write;
+use std::mem::size_of;
+
+use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader};
+use fuse_backend_rs::api::server::{Server, MAX_BUFFER_SIZE};
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+
+use super::{FsError, FsShare, ShareFs};
+
+/// The largest request or reply a FUSE driver sends: the biggest data
+/// payload plus a page for headers.
+pub const MAX_MESSAGE_SIZE: usize = MAX_BUFFER_SIZE as usize + 0x1000;
+
+const IN_HEADER_SIZE: usize = size_of::<InHeader>();
+const OUT_HEADER_SIZE: usize = size_of::<OutHeader>();
+
+/// Serves one share's FUSE requests from the device's queues.
+pub struct FuseServer {
+    server: Server<ShareFs>,
+}
+
+type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
+
+impl FuseServer {
+    pub fn new(share: &FsShare) -> Result<Self, FsError> {
+        Ok(Self {
+            server: Server::new(ShareFs::new(share)?),
+        })
+    }
+
+    /// Serves every request available on `queue` and returns whether the
+    /// driver should be interrupted.
+    pub fn process_queue(&self, mem: &GuestMemoryMmap, queue: &mut Queue) -> bool {
+        let mut used_any = false;
+        loop {
+            if let Err(e) = queue.disable_notification(mem) {
+                tracing::warn!("virtio-fs: queue unusable: {e:?}");
+                break;
+            }
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let len = self.serve(mem, chain);
+                if let Err(e) = queue.add_used(mem, head, len) {
+                    tracing::warn!("virtio-fs: cannot return descriptor {head}: {e:?}");
+                }
+                used_any = true;
+            }
+            match queue.enable_notification(mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!("virtio-fs: queue unusable: {e:?}");
+                    break;
+                }
+            }
+        }
+        used_any && queue.needs_notification(mem).unwrap_or(true)
+    }
+
+    /// Serves one request; returns the bytes written to the chain.
+    fn serve(&self, mem: &GuestMemoryMmap, chain: Chain<'_>) -> u32 {
+        let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("virtio-fs: bad request buffers: {e}");
+                return 0;
+            }
+        };
+        let writer = match VirtioFsWriter::new(mem, chain.clone()) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!("virtio-fs: bad reply buffers: {e}");
+                return 0;
+            }
+        };
+        let Ok(header) = reader.clone().read_obj::<InHeader>() else {
+            tracing::debug!("virtio-fs: request shorter than a FUSE header");
+            return 0;
+        };
+        if let Err(errno) =
+            check_request(&header, reader.available_bytes(), writer.available_bytes())
+        {
+            tracing::debug!(
+                "virtio-fs: malformed request (opcode {}): errno {errno}",
+                header.opcode
+            );
+            return reply_error(writer, &header, errno);
+        }
+        match self
+            .server
+            .handle_message(reader, Writer::VirtioFs(writer), None, None)
+        {
+            // The server writes DESTROY's reply but counts it as nothing.
+            Ok(0) if header.opcode == Opcode::Destroy as u32 => {
+                written_header_len(mem, &chain, &header)
+            }
+            Ok(written) => u32::try_from(written).unwrap_or(0),
+            Err(e) => {
+                tracing::debug!("virtio-fs: request (opcode {}) failed: {e}", header.opcode);
+                written_header_len(mem, &chain, &header)
+            }
+        }
+    }
+}
+
+/// The server returns "nothing written" after writing a bare reply header
+/// in two cases: DESTROY, and some errors (a name without its NUL). Finds
+/// such a header for this request so the used length reports it.
+fn written_header_len(mem: &GuestMemoryMmap, chain: &Chain<'_>, header: &InHeader) -> u32 {
+    let Some(desc) = chain.clone().writable().next() else {
+        return 0;
+    };
+    if (desc.len() as usize) < OUT_HEADER_SIZE {
+        return 0;
+    }
+    match mem.read_obj::<OutHeader>(desc.addr()) {
+        Ok(out)
+            if out.unique == header.unique
+                && out.len as usize == OUT_HEADER_SIZE
+                && out.error <= 0 =>
+        {
+            OUT_HEADER_SIZE as u32
+        }
+        _ => 0,
+    }
+}
+
+/// Checks what the server would otherwise trust; `Err` carries the errno
+/// to answer with.
+fn check_request(header: &InHeader, readable: usize, writable: usize) -> Result<(), i32> {
+    let len = header.len as usize;
+    if len < IN_HEADER_SIZE || len > readable || len > MAX_MESSAGE_SIZE {
+        return Err(libc::EINVAL);
+    }
+    if writable > MAX_MESSAGE_SIZE {
+        return Err(libc::EINVAL);
+    }
+    Ok(())
+}
+
+/// FORGET and BATCH_FORGET never get a reply.
+fn wants_reply(opcode: u32) -> bool {
+    opcode != Opcode::Forget as u32 && opcode != Opcode::BatchForget as u32
+}
+
+/// Writes an error reply if the chain has room for one; returns its size.
+fn reply_error(mut writer: VirtioFsWriter<'_>, header: &InHeader, errno: i32) -> u32 {
+    if !wants_reply(header.opcode) || writer.available_bytes() < OUT_HEADER_SIZE {
+        return 0;
+    }
+    let out = OutHeader {
+        len: OUT_HEADER_SIZE as u32,
+        error: -errno,
+        unique: header.unique,
+    };
+    match writer.write_obj(out).and_then(|()| writer.flush()) {
+        Ok(()) => OUT_HEADER_SIZE as u32,
+        Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::fs::testing::{memory, share, Buf, Driver};
+    use fuse_backend_rs::abi::fuse_abi::{
+        AttrOut, EntryOut, ForgetIn, GetattrIn, InitOut, OpenIn, OpenOut, ReadIn,
+    };
+    use fuse_backend_rs::api::filesystem::ROOT_ID;
+    use vm_memory::{ByteValued, Bytes, GuestAddress};
+    use vmm_sys_util::tempdir::TempDir;
+
+    const HELLO: &[u8] = b"hello, virtio-fs\n";
+    const ENTRY_REPLY: u32 = (OUT_HEADER_SIZE + size_of::<EntryOut>()) as u32;
+    const ATTR_REPLY: u32 = (OUT_HEADER_SIZE + size_of::<AttrOut>()) as u32;
+
+    struct Setup {
+        _dir: TempDir,
+        server: FuseServer,
+        driver: Driver,
+        queue: Queue,
+    }
+
+    /// A share holding hello.txt, mounted (FUSE_INIT answered).
+    fn setup() -> Setup {
+        let dir = TempDir::new().unwrap();
+        std::fs::write(dir.as_path().join("hello.txt"), HELLO).unwrap();
+        let server = FuseServer::new(&share(dir.as_path(), false)).unwrap();
+        let mut driver = Driver::new(&memory(), 0, 0x10_0000);
+        let mut queue = driver.queue();
+        let reply = driver.init_request();
+        server.process_queue(&driver.mem, &mut queue);
+        let init_len = (OUT_HEADER_SIZE + size_of::<InitOut>()) as u32;
+        assert_eq!(driver.take_used(), vec![(0, init_len)]);
+        let out = driver.out_header(reply);
+        assert_eq!((out.error, out.unique), (0, 1));
+        assert_eq!(driver.reply_body::<InitOut>(reply).major, 7);
+        Setup {
+            _dir: dir,
+            server,
+            driver,
+            queue,
+        }
+    }
+
+    impl Setup {
+        /// Serves what is queued; returns the used lengths.
+        fn run(&mut self) -> Vec<u32> {
+            self.server.process_queue(&self.driver.mem, &mut self.queue);
+            self.driver
+                .take_used()
+                .into_iter()
+                .map(|(_, l)| l)
+                .collect()
+        }
+
+        fn getattr_root(&mut self) -> (u32, i32) {
+            let reply = self.driver.request(
+                Opcode::Getattr as u32,
+                ROOT_ID,
+                GetattrIn::default().as_slice(),
+                ATTR_REPLY,
+            );
+            let used = self.run();
+            (used[0], self.driver.out_header(reply).error)
+        }
+
+        fn error_of(&mut self, reply: u64) -> i32 {
+            self.driver.out_header(reply).error
+        }
+    }
+
+    #[test]
+    fn serves_lookup_getattr_open_and_read() {
+        let mut s = setup();
+        let reply = s
+            .driver
+            .request(Opcode::Lookup as u32, ROOT_ID, b"hello.txt\0", ENTRY_REPLY);
+        assert_eq!(s.run(), vec![ENTRY_REPLY]);
+        assert_eq!(s.error_of(reply), 0);
+        let entry: EntryOut = s.driver.reply_body(reply);
+        assert_ne!(entry.nodeid, 0);
+        assert_eq!(entry.attr.size, HELLO.len() as u64);
+
+        let reply = s.driver.request(
+            Opcode::Getattr as u32,
+            entry.nodeid,
+            GetattrIn::default().as_slice(),
+            ATTR_REPLY,
+        );
+        assert_eq!(s.run(), vec![ATTR_REPLY]);
+        let attr: AttrOut = s.driver.reply_body(reply);
+        assert_eq!(attr.attr.ino, entry.attr.ino);
+        assert_eq!(attr.attr.size, HELLO.len() as u64);
+
+        let open = OpenIn {
+            flags: libc::O_RDONLY as u32,
+            fuse_flags: 0,
+        };
+        let len = (OUT_HEADER_SIZE + size_of::<OpenOut>()) as u32;
+        let reply = s
+            .driver
+            .request(Opcode::Open as u32, entry.nodeid, open.as_slice(), len);
+        assert_eq!(s.run(), vec![len]);
+        let fh = s.driver.reply_body::<OpenOut>(reply).fh;
+
+        // The Linux driver puts the out header and the data in separate buffers.
+        let read = ReadIn {
+            fh,
+            size: 4096,
+            ..Default::default()
+        };
+        let header = s
+            .driver
+            .header(Opcode::Read as u32, entry.nodeid, size_of::<ReadIn>());
+        let mut req = header.as_slice().to_vec();
+        req.extend_from_slice(read.as_slice());
+        let req = s.driver.put(&req);
+        let out = s.driver.alloc(OUT_HEADER_SIZE);
+        let data = s.driver.alloc(4096);
+        s.driver.push(&[
+            Buf {
+                addr: req,
+                len: header.len,
+                write: false,
+            },
+            Buf {
+                addr: out,
+                len: OUT_HEADER_SIZE as u32,
+                write: true,
+            },
+            Buf {
+                addr: data,
+                len: 4096,
+                write: true,
+            },
+        ]);
+        assert_eq!(s.run(), vec![(OUT_HEADER_SIZE + HELLO.len()) as u32]);
+        assert_eq!(s.error_of(out), 0);
+        let mut got = vec![0u8; HELLO.len()];
+        s.driver
+            .mem
+            .read_slice(&mut got, GuestAddress(data))
+            .unwrap();
+        assert_eq!(got, HELLO);
+    }
+
+    #[test]
+    fn malformed_requests_get_errors_and_serving_goes_on() {
+        let mut s = setup();
+        let einval = -libc::EINVAL;
+
+        // Shorter than a FUSE header: nothing to answer to.
+        let short = s.driver.put(&[0u8; 20]);
+        let reply = s.driver.alloc(64);
+        s.driver.push(&[
+            Buf {
+                addr: short,
+                len: 20,
+                write: false,
+            },
+            Buf {
+                addr: reply,
+                len: 64,
+                write: true,
+            },
+        ]);
+        assert_eq!(s.run(), vec![0]);
+
+        // A header claiming more bytes than the chain carries.
+        let mut header = s.driver.header(Opcode::Lookup as u32, ROOT_ID, 4);
+        header.len = 1000;
+        let mut bytes = header.as_slice().to_vec();
+        bytes.extend_from_slice(b"abc\0");
+        let req = s.driver.put(&bytes);
+        let reply = s.driver.alloc(ENTRY_REPLY as usize);
+        s.driver.push(&[
+            Buf {
+                addr: req,
+                len: bytes.len() as u32,
+                write: false,
+            },
+            Buf {
+                addr: reply,
+                len: ENTRY_REPLY,
+                write: true,
+            },
+        ]);
+        assert_eq!(s.run(), vec![OUT_HEADER_SIZE as u32]);
+        assert_eq!(s.error_of(reply), einval);
+        assert_eq!(s.driver.out_header(reply).unique, header.unique);
+
+        // A header length below the header's own size.
+        let mut header = s.driver.header(Opcode::Getattr as u32, ROOT_ID, 0);
+        header.len = 8;
+        let req = s.driver.put(header.as_slice());
+        let reply = s.driver.alloc(64);
+        s.driver.push(&[
+            Buf {
+                addr: req,
+                len: 40,
+                write: false,
+            },
+            Buf {
+                addr: reply,
+                len: 64,
+                write: true,
+            },
+        ]);
+        assert_eq!(s.run(), vec![OUT_HEADER_SIZE as u32]);
+        assert_eq!(s.error_of(reply), einval);
+
+        // An unknown opcode.
+        let reply = s.driver.request(9999, ROOT_ID, &[], 64);
+        assert_eq!(s.run(), vec![OUT_HEADER_SIZE as u32]);
+        assert_eq!(s.error_of(reply), -libc::ENOSYS);
+
+        // Names with a slash, or without their NUL.
+        let reply = s.driver.request(
+            Opcode::Lookup as u32,
+            ROOT_ID,
+            b"../hello.txt\0",
+            ENTRY_REPLY,
+        );
+        let reply2 = s
+            .driver
+            .request(Opcode::Lookup as u32, ROOT_ID, b"hello.txt", ENTRY_REPLY);
+        assert_eq!(s.run(), vec![OUT_HEADER_SIZE as u32; 2]);
+        assert_eq!(s.error_of(reply), einval);
+        assert_eq!(s.error_of(reply2), einval);
+
+        // A request buffer outside guest memory.
+        let reply = s.driver.alloc(64);
+        s.driver.push(&[
+            Buf {
+                addr: 0xffff_0000_0000,
+                len: 64,
+                write: false,
+            },
+            Buf {
+                addr: reply,
+                len: 64,
+                write: true,
+            },
+        ]);
+        // A reply buffer outside guest memory.
+        let bytes = s.driver.getattr_root_bytes();
+        let req = s.driver.put(&bytes);
+        s.driver.push(&[
+            Buf {
+                addr: req,
+                len: 56,
+                write: false,
+            },
+            Buf {
+                addr: 0xffff_0000_0000,
+                len: 64,
+                write: true,
+            },
+        ]);
+        assert_eq!(s.run(), vec![0, 0]);
+
+        // Wrong directions: only device-writable buffers, or no room to reply.
+        let buf = s.driver.alloc(128);
+        s.driver.push(&[Buf {
+            addr: buf,
+            len: 128,
+            write: true,
+        }]);
+        let bytes = s.driver.getattr_root_bytes();
+        let req = s.driver.put(&bytes);
+        s.driver.push(&[Buf {
+            addr: req,
+            len: bytes.len() as u32,
+            write: false,
+        }]);
+        assert_eq!(s.run(), vec![0, 0]);
+
+        // Zero-length descriptors around a valid request are harmless.
+        let bytes = s.driver.getattr_root_bytes();
+        let req = s.driver.put(&bytes);
+        let reply = s.driver.alloc(ATTR_REPLY as usize);
+        s.driver.push(&[
+            Buf {
+                addr: req,
+                len: 0,
+                write: false,
+            },
+            Buf {
+                addr: req,
+                len: bytes.len() as u32,
+                write: false,
+            },
+            Buf {
+                addr: reply,
+                len: 0,
+                write: true,
+            },
+            Buf {
+                addr: reply,
+                len: ATTR_REPLY,
+                write: true,
+            },
+        ]);
+        assert_eq!(s.run(), vec![ATTR_REPLY]);
+        assert_eq!(s.error_of(reply), 0);
+
+        // A reply buffer bigger than any FUSE reply (three views of one area).
+        let bytes = s.driver.getattr_root_bytes();
+        let req = s.driver.put(&bytes);
+        let big = s.driver.alloc(0x8_0000);
+        let chunk = 0x8_0000;
+        s.driver.push(&[
+            Buf {
+                addr: req,
+                len: bytes.len() as u32,
+                write: false,
+            },
+            Buf {
+                addr: big,
+                len: chunk,
+                write: true,
+            },
+            Buf {
+                addr: big,
+                len: chunk,
+                write: true,
+            },
+            Buf {
+                addr: big,
+                len: chunk,
+                write: true,
+            },
+        ]);
+        assert_eq!(s.run(), vec![OUT_HEADER_SIZE as u32]);
+        assert_eq!(s.error_of(big), einval);
+
+        // A FORGET with a bad length gets no reply.
+        let mut header = s
+            .driver
+            .header(Opcode::Forget as u32, 5, size_of::<ForgetIn>());
+        header.len = 4000;
+        let req = s.driver.put(header.as_slice());
+        s.driver.push(&[Buf {
+            addr: req,
+            len: 40,
+            write: false,
+        }]);
+        assert_eq!(s.run(), vec![0]);
+
+        // A descriptor that chains to itself: the chain ends at the queue size.
+        let bytes = s.driver.getattr_root_bytes();
+        let req = s.driver.put(&bytes);
+        s.driver.write_desc(0, req, bytes.len() as u32, 1, 0);
+        s.driver.offer(0);
+        assert_eq!(s.run().len(), 1);
+
+        assert_eq!(s.getattr_root(), (ATTR_REPLY, 0));
+    }
+}

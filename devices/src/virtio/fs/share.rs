@@ -1,0 +1,690 @@
+//! The file system the guest sees: fuse-backend-rs's `PassthroughFs` over
+//! the shared directory, behind a wrapper that enforces read-only shares
+//! and the confinement rules the passthrough relies on.
+//!
+//! Confinement: the passthrough reaches every inode through `O_PATH |
+//! O_NOFOLLOW` fds opened relative to its parent's fd (never by absolute
+//! path), rejects names with `/`, maps `..` at the root to `.`, and only
+//! opens regular files and directories for I/O (a symlink inode is never
+//! followed on the host: its target is handed to the guest, which resolves
+//! it in its own namespace). File handles (`open_by_handle_at`) are off and
+//! export support is never offered, so an inode can only be reached by
+//! walking down from the share's root. [`ShareFs`] repeats the name checks
+//! itself so they do not depend on the library's defaults.
+//!
+//! Read-only shares: [`ShareFs`] serves only the operations listed as
+//! reads below and answers every modifying one with EROFS before the
+//! passthrough sees it. Operations it does not list fall to the trait's
+//! defaults (ENOSYS), so a new modifying operation is refused, not served.
+
+use std::ffi::CStr;
+use std::io;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::CreateIn;
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
+    SetattrValid, ZeroCopyReader, ZeroCopyWriter, ROOT_ID,
+};
+use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+
+use super::{CacheMode, FsError, FsShare};
+
+type Inode = u64;
+type Handle = u64;
+
+/// The passthrough file system of one share, guarded.
+pub struct ShareFs {
+    inner: PassthroughFs<()>,
+    read_only: bool,
+}
+
+fn erofs() -> io::Error {
+    io::Error::from_raw_os_error(libc::EROFS)
+}
+
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+/// Timeouts per cache mode, as virtiofsd sets them: `never` caches
+/// nothing, `always` for a day.
+fn timeouts(cache: CacheMode) -> (CachePolicy, Duration) {
+    match cache {
+        CacheMode::Never => (CachePolicy::Never, Duration::ZERO),
+        CacheMode::Auto => (CachePolicy::Auto, Duration::from_secs(1)),
+        CacheMode::Always => (CachePolicy::Always, Duration::from_secs(86_400)),
+    }
+}
+
+/// A name the guest asks for must be one path component: no `/` (which
+/// would make `openat` walk elsewhere) and not empty.
+fn check_component(name: &CStr) -> io::Result<()> {
+    let bytes = name.to_bytes();
+    if bytes.is_empty() || bytes.contains(&b'/') {
+        return Err(einval());
+    }
+    Ok(())
+}
+
+/// Like [`check_component`], and also refuses `.` and `..` for operations
+/// that create or remove names.
+fn check_new_name(name: &CStr) -> io::Result<()> {
+    check_component(name)?;
+    match name.to_bytes() {
+        b"." | b".." => Err(einval()),
+        _ => Ok(()),
+    }
+}
+
+impl ShareFs {
+    /// Builds the passthrough over `share.path`; the root is opened when
+    /// the guest sends FUSE_INIT.
+    pub fn new(share: &FsShare) -> Result<Self, FsError> {
+        let root_dir = share
+            .path
+            .to_str()
+            .filter(|p| !p.contains('\0'))
+            .ok_or_else(|| FsError::PathEncoding(share.path.clone()))?
+            .to_string();
+        let (cache_policy, timeout) = timeouts(share.cache);
+        let config = Config {
+            root_dir,
+            cache_policy,
+            entry_timeout: timeout,
+            attr_timeout: timeout,
+            // Reach inodes through O_PATH fds, never through file handles.
+            inode_file_handles: false,
+            writeback: false,
+            xattr: false,
+            do_import: true,
+            ..Config::default()
+        };
+        let inner = PassthroughFs::new(config).map_err(FsError::Passthrough)?;
+        Ok(Self {
+            inner,
+            read_only: share.read_only,
+        })
+    }
+
+    fn writable(&self) -> io::Result<()> {
+        if self.read_only {
+            Err(erofs())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_open_flags(&self, flags: u32) -> io::Result<()> {
+        let flags = flags as i32;
+        if self.read_only
+            && (flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0)
+        {
+            return Err(erofs());
+        }
+        Ok(())
+    }
+}
+
+impl FileSystem for ShareFs {
+    type Inode = Inode;
+    type Handle = Handle;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        let mut opts = self.inner.init(capable)?;
+        // Export support lets the guest look up by inode number alone.
+        opts.remove(FsOptions::EXPORT_SUPPORT);
+        Ok(opts)
+    }
+
+    fn destroy(&self) {
+        self.inner.destroy()
+    }
+
+    fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
+        check_component(name)?;
+        // The root has no parent the guest may see.
+        let name = if parent == ROOT_ID && name.to_bytes() == b".." {
+            c"."
+        } else {
+            name
+        };
+        self.inner.lookup(ctx, parent, name)
+    }
+
+    fn forget(&self, ctx: &Context, inode: Inode, count: u64) {
+        self.inner.forget(ctx, inode, count)
+    }
+
+    fn batch_forget(&self, ctx: &Context, requests: Vec<(Inode, u64)>) {
+        self.inner.batch_forget(ctx, requests)
+    }
+
+    fn getattr(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Option<Handle>,
+    ) -> io::Result<(libc::stat64, Duration)> {
+        self.inner.getattr(ctx, inode, handle)
+    }
+
+    fn setattr(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        attr: libc::stat64,
+        handle: Option<Handle>,
+        valid: SetattrValid,
+    ) -> io::Result<(libc::stat64, Duration)> {
+        self.writable()?;
+        self.inner.setattr(ctx, inode, attr, handle, valid)
+    }
+
+    fn readlink(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
+        self.inner.readlink(ctx, inode)
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: Inode,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        check_new_name(name)?;
+        // The target is stored as text; the guest resolves it, not the host.
+        self.inner.symlink(ctx, linkname, parent, name)
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        check_new_name(name)?;
+        // A guest must not plant device nodes that host processes could open.
+        if matches!(mode & libc::S_IFMT, libc::S_IFBLK | libc::S_IFCHR) {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        self.inner.mknod(ctx, parent, name, mode, rdev, umask)
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        check_new_name(name)?;
+        self.inner.mkdir(ctx, parent, name, mode, umask)
+    }
+
+    fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        check_new_name(name)?;
+        self.inner.unlink(ctx, parent, name)
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        check_new_name(name)?;
+        self.inner.rmdir(ctx, parent, name)
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: Inode,
+        oldname: &CStr,
+        newdir: Inode,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.writable()?;
+        check_new_name(oldname)?;
+        check_new_name(newname)?;
+        self.inner
+            .rename(ctx, olddir, oldname, newdir, newname, flags)
+    }
+
+    fn link(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        newparent: Inode,
+        newname: &CStr,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        check_new_name(newname)?;
+        self.inner.link(ctx, inode, newparent, newname)
+    }
+
+    fn open(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<(Option<Handle>, OpenOptions, Option<u32>)> {
+        self.check_open_flags(flags)?;
+        self.inner.open(ctx, inode, flags, fuse_flags)
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<Handle>, OpenOptions, Option<u32>)> {
+        self.writable()?;
+        check_new_name(name)?;
+        self.inner.create(ctx, parent, name, args)
+    }
+
+    fn read(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        flags: u32,
+    ) -> io::Result<usize> {
+        self.inner
+            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+    }
+
+    fn write(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        delayed_write: bool,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<usize> {
+        self.writable()?;
+        self.inner.write(
+            ctx,
+            inode,
+            handle,
+            r,
+            size,
+            offset,
+            lock_owner,
+            delayed_write,
+            flags,
+            fuse_flags,
+        )
+    }
+
+    fn flush(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        lock_owner: u64,
+    ) -> io::Result<()> {
+        self.inner.flush(ctx, inode, handle, lock_owner)
+    }
+
+    fn fsync(&self, ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()> {
+        self.inner.fsync(ctx, inode, datasync, handle)
+    }
+
+    fn fallocate(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        self.writable()?;
+        self.inner
+            .fallocate(ctx, inode, handle, mode, offset, length)
+    }
+
+    fn release(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+        handle: Handle,
+        flush: bool,
+        flock_release: bool,
+        lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        self.inner
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+    }
+
+    fn statfs(&self, ctx: &Context, inode: Inode) -> io::Result<libc::statvfs64> {
+        let mut st = self.inner.statfs(ctx, inode)?;
+        if self.read_only {
+            st.f_flag |= libc::ST_RDONLY;
+        }
+        Ok(st)
+    }
+
+    fn setxattr(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        self.writable()?;
+        self.inner.setxattr(ctx, inode, name, value, flags)
+    }
+
+    fn getxattr(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        self.inner.getxattr(ctx, inode, name, size)
+    }
+
+    fn listxattr(&self, ctx: &Context, inode: Inode, size: u32) -> io::Result<ListxattrReply> {
+        self.inner.listxattr(ctx, inode, size)
+    }
+
+    fn removexattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        self.inner.removexattr(ctx, inode, name)
+    }
+
+    fn opendir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+    ) -> io::Result<(Option<Handle>, OpenOptions)> {
+        self.inner.opendir(ctx, inode, flags)
+    }
+
+    fn readdir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.inner
+            .readdir(ctx, inode, handle, size, offset, add_entry)
+    }
+
+    fn readdirplus(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.inner
+            .readdirplus(ctx, inode, handle, size, offset, add_entry)
+    }
+
+    fn fsyncdir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        datasync: bool,
+        handle: Handle,
+    ) -> io::Result<()> {
+        self.inner.fsyncdir(ctx, inode, datasync, handle)
+    }
+
+    fn releasedir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+        handle: Handle,
+    ) -> io::Result<()> {
+        self.inner.releasedir(ctx, inode, flags, handle)
+    }
+
+    fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {
+        if mask & libc::W_OK as u32 != 0 {
+            self.writable()?;
+        }
+        self.inner.access(ctx, inode, mask)
+    }
+
+    fn lseek(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        self.inner.lseek(ctx, inode, handle, offset, whence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::fs::testing::share;
+    use fuse_backend_rs::file_traits::FileReadWriteVolatile;
+    use std::os::unix::fs::{symlink, MetadataExt};
+    use std::path::Path;
+    use vmm_sys_util::tempdir::TempDir;
+
+    fn ctx() -> Context {
+        let mut ctx = Context::new();
+        // SAFETY: plain getters.
+        (ctx.uid, ctx.gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        ctx
+    }
+
+    fn mounted(dir: &Path, read_only: bool) -> ShareFs {
+        let fs = ShareFs::new(&share(dir, read_only)).unwrap();
+        fs.init(FsOptions::empty()).unwrap();
+        fs
+    }
+
+    fn errno<T>(result: io::Result<T>) -> i32 {
+        match result {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.raw_os_error().unwrap(),
+        }
+    }
+
+    fn lookup(fs: &ShareFs, parent: Inode, name: &str) -> io::Result<Entry> {
+        let name = std::ffi::CString::new(name).unwrap();
+        fs.lookup(&ctx(), parent, &name)
+    }
+
+    /// A guest payload for WRITE that the refusal must not even read.
+    struct NoData;
+    impl io::Read for NoData {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            panic!("read-only share read a write payload")
+        }
+    }
+    impl ZeroCopyReader for NoData {
+        fn read_to(
+            &mut self,
+            _: &mut dyn FileReadWriteVolatile,
+            _: usize,
+            _: u64,
+        ) -> io::Result<usize> {
+            panic!("read-only share read a write payload")
+        }
+    }
+
+    #[test]
+    fn dotdot_at_the_root_is_the_root() {
+        let dir = TempDir::new().unwrap();
+        std::fs::create_dir(dir.as_path().join("sub")).unwrap();
+        let fs = mounted(dir.as_path(), false);
+        let root_ino = std::fs::metadata(dir.as_path()).unwrap().ino();
+
+        let up = lookup(&fs, ROOT_ID, "..").unwrap();
+        assert_eq!((up.inode, up.attr.st_ino), (ROOT_ID, root_ino));
+        let sub = lookup(&fs, ROOT_ID, "sub").unwrap();
+        let up = lookup(&fs, sub.inode, "..").unwrap();
+        assert_eq!(up.inode, ROOT_ID);
+        let upup = lookup(&fs, up.inode, "..").unwrap();
+        assert_eq!(upup.inode, ROOT_ID);
+        // Multi-component and absolute names never reach openat.
+        assert_eq!(errno(lookup(&fs, ROOT_ID, "../..")), libc::EINVAL);
+        assert_eq!(errno(lookup(&fs, sub.inode, "../../etc")), libc::EINVAL);
+        assert_eq!(errno(lookup(&fs, ROOT_ID, "/etc")), libc::EINVAL);
+        assert_eq!(errno(lookup(&fs, ROOT_ID, "")), libc::EINVAL);
+    }
+
+    #[test]
+    fn symlinks_are_not_followed_on_the_host() {
+        let outside = TempDir::new().unwrap();
+        std::fs::write(outside.as_path().join("secret"), b"host only").unwrap();
+        let dir = TempDir::new().unwrap();
+        let target = outside.as_path().join("secret");
+        symlink(&target, dir.as_path().join("link")).unwrap();
+        symlink(outside.as_path(), dir.as_path().join("dirlink")).unwrap();
+        symlink("/etc/hostname", dir.as_path().join("hostname")).unwrap();
+        let fs = mounted(dir.as_path(), false);
+
+        for name in ["link", "hostname"] {
+            let entry = lookup(&fs, ROOT_ID, name).unwrap();
+            // The entry is the link itself, not what it points to.
+            assert_eq!(entry.attr.st_mode & libc::S_IFMT, libc::S_IFLNK);
+            assert!(fs
+                .open(&ctx(), entry.inode, libc::O_RDONLY as u32, 0)
+                .is_err());
+        }
+        let link = lookup(&fs, ROOT_ID, "link").unwrap();
+        // The guest gets the target text and resolves it in its own tree.
+        assert_eq!(
+            fs.readlink(&ctx(), link.inode).unwrap(),
+            target.as_os_str().as_encoded_bytes()
+        );
+        let dirlink = lookup(&fs, ROOT_ID, "dirlink").unwrap();
+        assert_eq!(errno(lookup(&fs, dirlink.inode, "secret")), libc::ENOTDIR);
+        assert!(fs.opendir(&ctx(), dirlink.inode, 0).is_err());
+    }
+
+    #[test]
+    fn export_support_is_never_offered() {
+        let dir = TempDir::new().unwrap();
+        let fs = ShareFs::new(&share(dir.as_path(), false)).unwrap();
+        let opts = fs.init(FsOptions::all()).unwrap();
+        assert!(!opts.contains(FsOptions::EXPORT_SUPPORT));
+    }
+
+    #[test]
+    fn read_only_share_refuses_every_change() {
+        let dir = TempDir::new().unwrap();
+        std::fs::write(dir.as_path().join("f"), b"data").unwrap();
+        std::fs::create_dir(dir.as_path().join("d")).unwrap();
+        let fs = mounted(dir.as_path(), true);
+        let c = ctx();
+        let f = lookup(&fs, ROOT_ID, "f").unwrap().inode;
+        let rofs = libc::EROFS;
+
+        let args = CreateIn {
+            flags: (libc::O_RDWR | libc::O_CREAT) as u32,
+            mode: 0o644,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        assert_eq!(errno(fs.create(&c, ROOT_ID, c"new", args)), rofs);
+        assert_eq!(errno(fs.mkdir(&c, ROOT_ID, c"nd", 0o755, 0)), rofs);
+        assert_eq!(
+            errno(fs.mknod(&c, ROOT_ID, c"p", libc::S_IFIFO | 0o644, 0, 0)),
+            rofs
+        );
+        assert_eq!(errno(fs.symlink(&c, c"/etc", ROOT_ID, c"s")), rofs);
+        assert_eq!(errno(fs.link(&c, f, ROOT_ID, c"f2")), rofs);
+        assert_eq!(errno(fs.rename(&c, ROOT_ID, c"f", ROOT_ID, c"g", 0)), rofs);
+        assert_eq!(errno(fs.unlink(&c, ROOT_ID, c"f")), rofs);
+        assert_eq!(errno(fs.rmdir(&c, ROOT_ID, c"d")), rofs);
+        // SAFETY: stat64 is plain data.
+        let attr: libc::stat64 = unsafe { std::mem::zeroed() };
+        for valid in [SetattrValid::SIZE, SetattrValid::MODE, SetattrValid::MTIME] {
+            assert_eq!(errno(fs.setattr(&c, f, attr, None, valid)), rofs);
+        }
+        for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+            assert_eq!(errno(fs.open(&c, f, flags as u32, 0)), rofs);
+        }
+        let (handle, _, _) = fs.open(&c, f, libc::O_RDONLY as u32, 0).unwrap();
+        let handle = handle.unwrap();
+        let write = fs.write(&c, f, handle, &mut NoData, 4, 0, None, false, 0, 0);
+        assert_eq!(errno(write), rofs);
+        assert_eq!(errno(fs.fallocate(&c, f, handle, 0, 0, 4096)), rofs);
+        assert_eq!(errno(fs.setxattr(&c, f, c"user.x", b"1", 0)), rofs);
+        assert_eq!(errno(fs.removexattr(&c, f, c"user.x")), rofs);
+        assert_eq!(errno(fs.access(&c, f, libc::W_OK as u32)), rofs);
+        // Reading is still fine.
+        fs.access(&c, f, libc::R_OK as u32).unwrap();
+        assert_ne!(fs.statfs(&c, ROOT_ID).unwrap().f_flag & libc::ST_RDONLY, 0);
+        fs.release(&c, f, 0, handle, false, false, None).unwrap();
+
+        let mut names: Vec<_> = std::fs::read_dir(dir.as_path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["d", "f"]);
+        assert_eq!(std::fs::read(dir.as_path().join("f")).unwrap(), b"data");
+    }
+
+    #[test]
+    fn writable_share_creates_files_but_no_device_nodes() {
+        let dir = TempDir::new().unwrap();
+        let fs = mounted(dir.as_path(), false);
+        let c = ctx();
+        let args = CreateIn {
+            flags: (libc::O_RDWR | libc::O_CREAT) as u32,
+            mode: 0o640,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        let (entry, handle, _, _) = fs.create(&c, ROOT_ID, c"new", args).unwrap();
+        fs.release(&c, entry.inode, 0, handle.unwrap(), false, false, None)
+            .unwrap();
+        assert!(dir.as_path().join("new").is_file());
+        fs.mkdir(&c, ROOT_ID, c"dir", 0o755, 0).unwrap();
+        let chr = libc::S_IFCHR | 0o600;
+        let rdev = libc::makedev(1, 3) as u32;
+        assert_eq!(
+            errno(fs.mknod(&c, ROOT_ID, c"null", chr, rdev, 0)),
+            libc::EPERM
+        );
+        assert_eq!(errno(fs.mkdir(&c, ROOT_ID, c"..", 0o755, 0)), libc::EINVAL);
+        assert_eq!(
+            errno(fs.rename(&c, ROOT_ID, c"new", ROOT_ID, c"../x", 0)),
+            libc::EINVAL
+        );
+        assert!(!dir.as_path().join("null").exists());
+    }
+}
