@@ -56,7 +56,10 @@ fn main() {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let mock = MockSplitQueue::create(&mem, GuestAddress(0), QSIZE);
     let table = mock.desc_table_addr().0;
-    let (avail, used) = (mock.avail_addr().0, mock.used_addr().0);
+    let avail = mock.avail_addr().0;
+    // MockSplitQueue (virtio-queue 0.17) puts the used ring over the upper
+    // half of the avail ring; move it where the spec does.
+    let used = (avail + 6 + 2 * u64::from(QSIZE) + 3) & !3;
     // One fixed chain per batch slot: header, 4 KiB data, status.
     for k in 0..batch {
         let head = 3 * k;
@@ -66,7 +69,8 @@ fn main() {
         put_desc(&mem, table, head + 1, data, READ_LEN, NEXT | WRITE);
         put_desc(&mem, table, head + 2, STATUS + k, 1, WRITE);
     }
-    let queue: Queue = mock.create_queue().unwrap();
+    let mut queue: Queue = mock.create_queue().unwrap();
+    queue.try_set_used_ring_address(GuestAddress(used)).unwrap();
     let mut requests = RequestQueue::new(queue, mem.clone(), Arc::new(disk), F_VERSION_1);
 
     let sectors = DISK_SIZE / 512;

@@ -158,7 +158,15 @@ impl Buffers {
             return Err(RequestError::ShortHeader(available));
         }
         let mut raw = [0u8; HEADER_LEN as usize];
-        gather(mem, &self.readable, 0, &mut raw)?;
+        // Linux gives the header a buffer of its own: one slice, no gather.
+        let first = self
+            .readable
+            .first()
+            .filter(|s| u64::from(s.len) >= HEADER_LEN);
+        match first.and_then(|s| mem.get_slice(s.addr, raw.len()).ok()) {
+            Some(slice) if slice.copy_to(&mut raw[..]) == raw.len() => {}
+            _ => gather(mem, &self.readable, 0, &mut raw)?,
+        }
         let [t0, t1, t2, t3, _, _, _, _, s @ ..] = raw;
         Ok(Header {
             kind: u32::from_le_bytes([t0, t1, t2, t3]),
@@ -255,13 +263,20 @@ pub(crate) fn to_iovecs(
 ) -> Result<(), RequestError> {
     let len = usize::try_from(total_len(segments).saturating_sub(skip))
         .map_err(|_| RequestError::BadRanges("too long"))?;
+    let mut push = |slice: vm_memory::VolatileSlice<()>| {
+        iovecs.push(libc::iovec {
+            iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+            iov_len: slice.len(),
+        })
+    };
     for_each_piece(segments, skip, len, |addr, range| {
+        // Most buffers lie in one region: skip the splitting iterator.
+        if let Ok(slice) = mem.get_slice(addr, range.len()) {
+            push(slice);
+            return Ok(());
+        }
         for slice in mem.get_slices(addr, range.len()) {
-            let slice = slice.map_err(|_| RequestError::BadMemory(addr.raw_value()))?;
-            iovecs.push(libc::iovec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: slice.len(),
-            });
+            push(slice.map_err(|_| RequestError::BadMemory(addr.raw_value()))?);
         }
         Ok(())
     })
