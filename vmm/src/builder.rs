@@ -16,6 +16,7 @@ use skiff_devices::legacy::{
     BootTimer, ConsoleOutput, EventFdTrigger, PanicWatcher, SerialConsole, BOOT_TIMER_PORT,
     COM1_IRQ, COM1_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_LEN,
 };
+use skiff_devices::virtio::block::{Block, DiskFile};
 use skiff_devices::virtio::fs::{CacheMode, Fs, FsShare};
 use skiff_devices::virtio::{MmioTransport, VirtioDevice, MMIO_NOTIFY_OFFSET, MMIO_REGION_SIZE};
 use skiff_devices::{Bus, BusError};
@@ -295,7 +296,12 @@ fn with_virtio_devices(cmdline: &str, devices: &str) -> String {
 /// Creates the device model for `config`.
 fn create_device(config: &DeviceConfig) -> Result<Box<dyn VirtioDevice>, BuildError> {
     match config {
-        DeviceConfig::Block(_) => Err(BuildError::DeviceUnsupported("virtio-blk")),
+        DeviceConfig::Block(disk) => DiskFile::open(&disk.path, disk.read_only, disk.direct)
+            .map(|file| Box::new(Block::new(file)) as Box<dyn VirtioDevice>)
+            .map_err(|e| BuildError::Device {
+                device: format!("--disk {disk}"),
+                source: e.into(),
+            }),
         DeviceConfig::Net(_) => Err(BuildError::DeviceUnsupported("virtio-net")),
         DeviceConfig::Vsock(_) => Err(BuildError::DeviceUnsupported("virtio-vsock")),
         DeviceConfig::Fs(fs) => create_fs(fs),

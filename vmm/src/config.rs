@@ -46,6 +46,20 @@ pub struct BlockConfig {
     pub direct: bool,
 }
 
+/// Shown as the flag value it came from, for error messages.
+impl std::fmt::Display for BlockConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "path={}", self.path.display())?;
+        if self.read_only {
+            f.write_str(",ro")?;
+        }
+        if self.direct {
+            f.write_str(",direct")?;
+        }
+        Ok(())
+    }
+}
+
 /// virtio-net over a tap device: `tap=NAME[,mac=MAC]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetConfig {
@@ -390,6 +404,8 @@ mod tests {
             .contains("unknown option `rw`"));
         assert!("path=/img,ro=1".parse::<BlockConfig>().is_err());
         assert!("path=".parse::<BlockConfig>().is_err());
+        let spec = "path=/i,ro,direct";
+        assert_eq!(spec.parse::<BlockConfig>().unwrap().to_string(), spec);
 
         let net: NetConfig = "tap=tap0,mac=02:00:00:00:00:0a".parse().unwrap();
         assert_eq!(net.mac, Some([2, 0, 0, 0, 0, 0x0a]));

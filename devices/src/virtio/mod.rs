@@ -7,6 +7,7 @@
 //! woken by the queues' ioeventfds, and interrupts the guest through an
 //! irqfd, so the vCPUs only exit for configuration.
 
+pub mod block;
 pub mod fs;
 mod mmio;
 pub mod worker;
