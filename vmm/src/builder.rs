@@ -16,6 +16,7 @@ use skiff_devices::legacy::{
     BootTimer, ConsoleOutput, EventFdTrigger, PanicWatcher, SerialConsole, BOOT_TIMER_PORT,
     COM1_IRQ, COM1_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_LEN,
 };
+use skiff_devices::virtio::net::{format_mac, Net};
 use skiff_devices::virtio::{MmioTransport, VirtioDevice, MMIO_NOTIFY_OFFSET, MMIO_REGION_SIZE};
 use skiff_devices::{Bus, BusError};
 use vm_memory::{Bytes, GuestAddress};
@@ -295,7 +296,15 @@ fn with_virtio_devices(cmdline: &str, devices: &str) -> String {
 fn create_device(config: &DeviceConfig) -> Result<Box<dyn VirtioDevice>, BuildError> {
     match config {
         DeviceConfig::Block(_) => Err(BuildError::DeviceUnsupported("virtio-blk")),
-        DeviceConfig::Net(_) => Err(BuildError::DeviceUnsupported("virtio-net")),
+        DeviceConfig::Net(net) => Net::new(&net.tap, net.mac)
+            .map(|dev| Box::new(dev) as Box<dyn VirtioDevice>)
+            .map_err(|e| BuildError::Device {
+                device: match net.mac {
+                    Some(mac) => format!("--net tap={},mac={}", net.tap, format_mac(&mac)),
+                    None => format!("--net tap={}", net.tap),
+                },
+                source: std::io::Error::other(e),
+            }),
         DeviceConfig::Vsock(_) => Err(BuildError::DeviceUnsupported("virtio-vsock")),
         DeviceConfig::Fs(_) => Err(BuildError::DeviceUnsupported("virtio-fs")),
     }
