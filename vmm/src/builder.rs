@@ -18,6 +18,7 @@ use skiff_devices::legacy::{
 };
 use skiff_devices::virtio::block::{Block, DiskFile};
 use skiff_devices::virtio::fs::{CacheMode, Fs, FsShare};
+use skiff_devices::virtio::net::{format_mac, Net};
 use skiff_devices::virtio::{MmioTransport, VirtioDevice, MMIO_NOTIFY_OFFSET, MMIO_REGION_SIZE};
 use skiff_devices::{Bus, BusError};
 use vm_memory::{Bytes, GuestAddress};
@@ -302,7 +303,15 @@ fn create_device(config: &DeviceConfig) -> Result<Box<dyn VirtioDevice>, BuildEr
                 device: format!("--disk {disk}"),
                 source: e.into(),
             }),
-        DeviceConfig::Net(_) => Err(BuildError::DeviceUnsupported("virtio-net")),
+        DeviceConfig::Net(net) => Net::new(&net.tap, net.mac)
+            .map(|dev| Box::new(dev) as Box<dyn VirtioDevice>)
+            .map_err(|e| BuildError::Device {
+                device: match net.mac {
+                    Some(mac) => format!("--net tap={},mac={}", net.tap, format_mac(&mac)),
+                    None => format!("--net tap={}", net.tap),
+                },
+                source: std::io::Error::other(e),
+            }),
         DeviceConfig::Vsock(_) => Err(BuildError::DeviceUnsupported("virtio-vsock")),
         DeviceConfig::Fs(fs) => create_fs(fs),
     }

@@ -10,6 +10,7 @@
 pub mod block;
 pub mod fs;
 mod mmio;
+pub mod net;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
