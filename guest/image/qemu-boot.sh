@@ -5,7 +5,10 @@
 #   guest/image/qemu-boot.sh [-s VCPUS] [-m MIB] [-r RUNS] [-a "EXTRA CMDLINE"] [-- COMMAND...]
 #
 # Uses build/guest/vmlinux and build/guest/initramfs-debug.cpio (override
-# with SKIFF_GUEST_OUT).  Adds the software-KVM options when the host CPU
+# with SKIFF_GUEST_OUT).  Extra QEMU arguments: SKIFF_QEMU_ARGS; a virtio
+# device needs its transport on the command line, e.g. the first one:
+#   SKIFF_QEMU_ARGS="-device virtio-rng-device" \
+#     qemu-boot.sh -a virtio_mmio.device=512@0xfeb00e00:12 -- ...  Adds the software-KVM options when the host CPU
 # has no VMX/SVM, like the VMM.  Every boot runs under `timeout`.
 set -euo pipefail
 
@@ -26,7 +29,7 @@ done
 
 # Keep in sync with the VMM (vmm/src/config.rs).
 base="console=ttyS0 reboot=k panic=-1 quiet tsc=reliable no_timer_check io_delay=none 8250.nr_uarts=1 rcupdate.rcu_expedited=1"
-swkvm="skiff.swkvm clearcpuid=popcnt,cx16,xsave,rdrand,rdseed,fsgsbase,pcid,invpcid,smap,erms,fsrm,rep_good percpu_alloc=page rcupdate.rcu_cpu_stall_suppress=1"
+swkvm="skiff.swkvm clearcpuid=popcnt,cx16,xsave,rdrand,rdseed,fsgsbase,pcid,invpcid,smap,erms,fsrm,rep_good noreplace-smp percpu_alloc=page rodata=off rcupdate.rcu_cpu_stall_suppress=1"
 cmdline=$base
 grep -qwE 'vmx|svm' /proc/cpuinfo || cmdline="$cmdline $swkvm"
 [ -n "$extra" ] && cmdline="$cmdline $extra"
@@ -45,7 +48,7 @@ for ((run = 1; run <= runs; run++)); do
         -device i8042 -enable-kvm -cpu "$cpu" -smp "$vcpus" -m "$mem" \
         -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
         -kernel "$guest/vmlinux" -initrd "$guest/initramfs-debug.cpio" \
-        -append "$cmdline" </dev/null 2>&1 |
+        -append "$cmdline" ${SKIFF_QEMU_ARGS:-} </dev/null 2>&1 |
     while IFS= read -r line; do
         now=$(date +%s%N)
         printf '%8.3f %s\n' "$(( (now - start) / 1000000 ))e-3" "$line"
