@@ -8,6 +8,7 @@
 //! irqfd, so the vCPUs only exit for configuration.
 
 mod mmio;
+pub mod vsock;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
