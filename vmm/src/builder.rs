@@ -16,6 +16,7 @@ use skiff_devices::legacy::{
     BootTimer, ConsoleOutput, EventFdTrigger, PanicWatcher, SerialConsole, BOOT_TIMER_PORT,
     COM1_IRQ, COM1_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_LEN,
 };
+use skiff_devices::virtio::vsock::{Vsock, VsockConnector};
 use skiff_devices::virtio::{MmioTransport, VirtioDevice, MMIO_NOTIFY_OFFSET, MMIO_REGION_SIZE};
 use skiff_devices::{Bus, BusError};
 use vm_memory::{Bytes, GuestAddress};
@@ -87,7 +88,15 @@ pub struct Machine {
     serial: Arc<Mutex<SerialConsole>>,
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
+    handles: DeviceHandles,
     vm: Vm,
+}
+
+/// What the VMM keeps of its devices to reach them from the host side.
+#[derive(Default)]
+pub struct DeviceHandles {
+    /// Opens connections to guest vsock ports (with `--vsock`).
+    pub vsock: Option<VsockConnector>,
 }
 
 /// The most vCPUs this host can give one VM.
@@ -109,7 +118,8 @@ impl Machine {
         timeline.mark(Milestone::VmCreated);
 
         let mmio_bus = Arc::new(Bus::new());
-        let virtio_cmdline = attach_virtio_devices(&vm, &mmio_bus, &config.devices)?;
+        let mut handles = DeviceHandles::default();
+        let virtio_cmdline = attach_virtio_devices(&vm, &mmio_bus, &config.devices, &mut handles)?;
 
         let mem = vm.memory();
         let kernel = loader::load_kernel(mem, ram_size, &config.kernel)?;
@@ -178,6 +188,7 @@ impl Machine {
             serial,
             io_bus,
             mmio_bus,
+            handles,
             vm,
         })
     }
@@ -222,6 +233,11 @@ impl Machine {
 
     pub fn vm(&self) -> &Vm {
         &self.vm
+    }
+
+    /// The vsock connector, when the VM has a vsock device.
+    pub fn vsock_connector(&self) -> Option<&VsockConnector> {
+        self.handles.vsock.as_ref()
     }
 }
 
@@ -291,12 +307,29 @@ fn with_virtio_devices(cmdline: &str, devices: &str) -> String {
     }
 }
 
-/// Creates the device model for `config`.
-fn create_device(config: &DeviceConfig) -> Result<Box<dyn VirtioDevice>, BuildError> {
+/// Creates the device model for `config`; keeps in `handles` what the VMM
+/// needs to reach it later.
+fn create_device(
+    config: &DeviceConfig,
+    handles: &mut DeviceHandles,
+) -> Result<Box<dyn VirtioDevice>, BuildError> {
     match config {
         DeviceConfig::Block(_) => Err(BuildError::DeviceUnsupported("virtio-blk")),
         DeviceConfig::Net(_) => Err(BuildError::DeviceUnsupported("virtio-net")),
-        DeviceConfig::Vsock(_) => Err(BuildError::DeviceUnsupported("virtio-vsock")),
+        DeviceConfig::Vsock(vsock) => {
+            let device = Vsock::new(vsock.guest_cid.into(), &vsock.socket).map_err(|e| {
+                BuildError::Device {
+                    device: format!(
+                        "--vsock cid={},socket={}",
+                        vsock.guest_cid,
+                        vsock.socket.display()
+                    ),
+                    source: std::io::Error::other(e),
+                }
+            })?;
+            handles.vsock = Some(device.connector());
+            Ok(Box::new(device))
+        }
         DeviceConfig::Fs(_) => Err(BuildError::DeviceUnsupported("virtio-fs")),
     }
 }
@@ -308,6 +341,7 @@ fn attach_virtio_devices(
     vm: &Vm,
     mmio_bus: &Bus,
     devices: &[DeviceConfig],
+    handles: &mut DeviceHandles,
 ) -> Result<String, BuildError> {
     let slots = (layout::VIRTIO_IRQ_LAST - layout::VIRTIO_IRQ_FIRST + 1) as usize;
     if devices.len() > slots {
@@ -317,7 +351,7 @@ fn attach_virtio_devices(
     for (i, config) in devices.iter().enumerate() {
         let base = layout::VIRTIO_MMIO_START + i as u64 * MMIO_REGION_SIZE;
         let irq = layout::VIRTIO_IRQ_FIRST + i as u32;
-        let device = create_device(config)?;
+        let device = create_device(config, handles)?;
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
         let transport =
             MmioTransport::new(device, vm.memory().clone(), irqfd).map_err(BuildError::EventFd)?;
