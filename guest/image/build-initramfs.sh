@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Skiff debug initramfs: an uncompressed newc cpio with
-# busybox-static (+ applet links in /bin and /sbin), /dev/console and a
-# static, libc-free C /init (init.c).
+# busybox-static (+ applet links in /bin and /sbin), /dev/console, a
+# static, libc-free C /init (init.c) and /bin/vsock-test (vsock-test.c).
 #
 # Applet links: on a software-emulated KVM the kernel spends ~18 ms per
 # initramfs entry, so by default only a core set of applets is linked
@@ -57,7 +57,7 @@ if command -v readelf >/dev/null; then
 fi
 
 key=$({
-    cat "${BASH_SOURCE[0]}" "$here/init.c" "$here/mkcpio.py"
+    cat "${BASH_SOURCE[0]}" "$here/init.c" "$here/vsock-test.c" "$here/mkcpio.py"
     echo "applets=$applets"
     sha256sum < "$busybox"
     gcc --version | head -n1
@@ -84,6 +84,10 @@ trap 'rm -rf "$work"' EXIT
 gcc -static -nostdlib -ffreestanding -fno-stack-protector \
     -fno-asynchronous-unwind-tables -no-pie -Os -s -Wl,--build-id=none \
     -Wall -Wextra -Werror -o "$work/init" "$here/init.c"
+# vsock checker (busybox nc has no AF_VSOCK), libc-free too: ~9 KB.
+gcc -static -nostdlib -ffreestanding -fno-stack-protector \
+    -fno-asynchronous-unwind-tables -no-pie -Os -s -Wl,--build-id=none \
+    -Wall -Wextra -Werror -o "$work/vsock-test" "$here/vsock-test.c"
 
 {
     for d in bin sbin dev proc sys tmp run root etc mnt var usr; do
@@ -92,6 +96,7 @@ gcc -static -nostdlib -ffreestanding -fno-stack-protector \
     echo "nod /dev/console 0600 0 0 c 5 1"
     echo "file /init $work/init 0755 0 0"
     echo "file /bin/busybox $busybox 0755 0 0"
+    echo "file /bin/vsock-test $work/vsock-test 0755 0 0"
     # Applets: bin/ and usr/bin/ ones in /bin, sbin/ and usr/sbin/ ones in /sbin.
     "$busybox" --list-full | LC_ALL=C sort | while read -r path; do
         name=${path##*/}

@@ -37,6 +37,12 @@ pub enum VmmAction {
     /// Ends the VM; [`ExitReason::Stopped`](crate::ExitReason::Stopped).
     Stop,
     GetState,
+    /// Opens a connection to a guest vsock port (answered at once with
+    /// the stream; [`VmmHandle::vsock_connect`](crate::VmmHandle::vsock_connect)
+    /// then waits for the guest to accept, off the VMM thread).
+    ConnectVsock {
+        port: u32,
+    },
 }
 
 impl VmmAction {
@@ -48,15 +54,18 @@ impl VmmAction {
             VmmAction::Resume => "resume",
             VmmAction::Stop => "stop",
             VmmAction::GetState => "get state",
+            VmmAction::ConnectVsock { .. } => "connect to vsock in",
         }
     }
 }
 
-/// A successful answer.
-#[derive(Debug, PartialEq, Eq)]
+/// A successful answer. (Not comparable: it can carry a stream.)
+#[derive(Debug)]
 pub enum VmmData {
     Empty,
     State(VmState),
+    /// A stream to a guest vsock port, before the guest has accepted.
+    VsockStream(std::os::unix::net::UnixStream),
 }
 
 /// A failed answer.
@@ -75,6 +84,10 @@ pub enum VmmError {
     VmmGone,
     #[error("cannot start the VMM thread: {0}")]
     Spawn(std::io::Error),
+    #[error("the VM has no vsock device (--vsock)")]
+    NoVsock,
+    #[error("vsock connect to guest port {port}: {source}")]
+    VsockConnect { port: u32, source: std::io::Error },
 }
 
 impl VmState {
@@ -84,6 +97,7 @@ impl VmState {
         use VmState::*;
         let next = match (self, action) {
             (_, VmmAction::GetState) => Some(self),
+            (Running | Paused, VmmAction::ConnectVsock { .. }) => Some(self),
             (Unconfigured | Configured, VmmAction::Configure(_)) => Some(Configured),
             (Configured, VmmAction::Start) => Some(Running),
             (Running, VmmAction::Pause) => Some(Paused),
@@ -124,6 +138,7 @@ mod tests {
             VmmAction::Resume,
             VmmAction::Stop,
             VmmAction::GetState,
+            VmmAction::ConnectVsock { port: 1 },
         ]
     }
 
@@ -167,6 +182,16 @@ mod tests {
             } else {
                 assert!(result.is_err(), "{action:?} allowed after exit");
             }
+        }
+    }
+
+    #[test]
+    fn vsock_connects_only_while_the_vm_runs() {
+        let connect = VmmAction::ConnectVsock { port: 52 };
+        assert_eq!(Running.after(&connect).unwrap(), Running);
+        assert_eq!(Paused.after(&connect).unwrap(), Paused);
+        for state in [Unconfigured, Configured, Exited] {
+            assert!(state.after(&connect).is_err());
         }
     }
 

@@ -19,6 +19,7 @@ use skiff_devices::legacy::{
 use skiff_devices::virtio::block::{Block, DiskFile};
 use skiff_devices::virtio::fs::{CacheMode, Fs, FsShare};
 use skiff_devices::virtio::net::{format_mac, Net};
+use skiff_devices::virtio::vsock::{Vsock, VsockConnector};
 use skiff_devices::virtio::{MmioTransport, VirtioDevice, MMIO_NOTIFY_OFFSET, MMIO_REGION_SIZE};
 use skiff_devices::{Bus, BusError};
 use vm_memory::{Bytes, GuestAddress};
@@ -67,8 +68,6 @@ pub enum BuildError {
     },
     #[error("creating an eventfd: {0}")]
     EventFd(std::io::Error),
-    #[error("{0}: this device is not built yet")]
-    DeviceUnsupported(&'static str),
     #[error("too many virtio devices: at most {0}")]
     TooManyDevices(usize),
     #[error("{device}: {source}")]
@@ -90,7 +89,15 @@ pub struct Machine {
     serial: Arc<Mutex<SerialConsole>>,
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
+    handles: DeviceHandles,
     vm: Vm,
+}
+
+/// What the VMM keeps of its devices to reach them from the host side.
+#[derive(Default)]
+pub struct DeviceHandles {
+    /// Opens connections to guest vsock ports (with `--vsock`).
+    pub vsock: Option<VsockConnector>,
 }
 
 /// The most vCPUs this host can give one VM.
@@ -112,7 +119,8 @@ impl Machine {
         timeline.mark(Milestone::VmCreated);
 
         let mmio_bus = Arc::new(Bus::new());
-        let virtio_cmdline = attach_virtio_devices(&vm, &mmio_bus, &config.devices)?;
+        let mut handles = DeviceHandles::default();
+        let virtio_cmdline = attach_virtio_devices(&vm, &mmio_bus, &config.devices, &mut handles)?;
 
         let mem = vm.memory();
         let kernel = loader::load_kernel(mem, ram_size, &config.kernel)?;
@@ -181,6 +189,7 @@ impl Machine {
             serial,
             io_bus,
             mmio_bus,
+            handles,
             vm,
         })
     }
@@ -225,6 +234,11 @@ impl Machine {
 
     pub fn vm(&self) -> &Vm {
         &self.vm
+    }
+
+    /// The vsock connector, when the VM has a vsock device.
+    pub fn vsock_connector(&self) -> Option<&VsockConnector> {
+        self.handles.vsock.as_ref()
     }
 }
 
@@ -294,8 +308,12 @@ fn with_virtio_devices(cmdline: &str, devices: &str) -> String {
     }
 }
 
-/// Creates the device model for `config`.
-fn create_device(config: &DeviceConfig) -> Result<Box<dyn VirtioDevice>, BuildError> {
+/// Creates the device model for `config`; keeps in `handles` what the VMM
+/// needs to reach it later.
+fn create_device(
+    config: &DeviceConfig,
+    handles: &mut DeviceHandles,
+) -> Result<Box<dyn VirtioDevice>, BuildError> {
     match config {
         DeviceConfig::Block(disk) => DiskFile::open(&disk.path, disk.read_only, disk.direct)
             .map(|file| Box::new(Block::new(file)) as Box<dyn VirtioDevice>)
@@ -312,7 +330,20 @@ fn create_device(config: &DeviceConfig) -> Result<Box<dyn VirtioDevice>, BuildEr
                 },
                 source: std::io::Error::other(e),
             }),
-        DeviceConfig::Vsock(_) => Err(BuildError::DeviceUnsupported("virtio-vsock")),
+        DeviceConfig::Vsock(vsock) => {
+            let device = Vsock::new(vsock.guest_cid.into(), &vsock.socket).map_err(|e| {
+                BuildError::Device {
+                    device: format!(
+                        "--vsock cid={},socket={}",
+                        vsock.guest_cid,
+                        vsock.socket.display()
+                    ),
+                    source: std::io::Error::other(e),
+                }
+            })?;
+            handles.vsock = Some(device.connector());
+            Ok(Box::new(device))
+        }
         DeviceConfig::Fs(fs) => create_fs(fs),
     }
 }
@@ -342,6 +373,7 @@ fn attach_virtio_devices(
     vm: &Vm,
     mmio_bus: &Bus,
     devices: &[DeviceConfig],
+    handles: &mut DeviceHandles,
 ) -> Result<String, BuildError> {
     let slots = (layout::VIRTIO_IRQ_LAST - layout::VIRTIO_IRQ_FIRST + 1) as usize;
     if devices.len() > slots {
@@ -351,7 +383,7 @@ fn attach_virtio_devices(
     for (i, config) in devices.iter().enumerate() {
         let base = layout::VIRTIO_MMIO_START + i as u64 * MMIO_REGION_SIZE;
         let irq = layout::VIRTIO_IRQ_FIRST + i as u32;
-        let device = create_device(config)?;
+        let device = create_device(config, handles)?;
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
         let transport =
             MmioTransport::new(device, vm.memory().clone(), irqfd).map_err(BuildError::EventFd)?;

@@ -7,12 +7,14 @@
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use skiff_devices::virtio::vsock;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -124,8 +126,29 @@ impl VmmHandle {
     pub fn state(&self) -> Result<VmState, VmmError> {
         match self.request(VmmAction::GetState)? {
             VmmData::State(state) => Ok(state),
-            VmmData::Empty => Err(VmmError::VmmGone),
+            _ => Err(VmmError::VmmGone),
         }
+    }
+
+    /// A connected stream to guest vsock `port`, once the guest accepted;
+    /// fails (refused, or timed out after
+    /// [`DEFAULT_CONNECT_TIMEOUT`](skiff_devices::virtio::vsock::DEFAULT_CONNECT_TIMEOUT))
+    /// rather than hang when nothing listens in the guest.
+    pub fn vsock_connect(&self, port: u32) -> Result<UnixStream, VmmError> {
+        self.vsock_connect_timeout(port, vsock::DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    pub fn vsock_connect_timeout(
+        &self,
+        port: u32,
+        timeout: Duration,
+    ) -> Result<UnixStream, VmmError> {
+        let VmmData::VsockStream(stream) = self.request(VmmAction::ConnectVsock { port })? else {
+            return Err(VmmError::VmmGone);
+        };
+        vsock::await_established(&stream, timeout)
+            .map_err(|source| VmmError::VsockConnect { port, source })?;
+        Ok(stream)
     }
 
     /// Waits until the VM has ended, or `timeout` passes (`None`).
@@ -265,6 +288,13 @@ impl Controller {
             VmmAction::Pause => self.machine()?.pause()?,
             VmmAction::Resume => self.machine()?.resume()?,
             VmmAction::Stop => self.finish(ExitReason::Stopped),
+            VmmAction::ConnectVsock { port } => {
+                let connector = self.machine()?.vsock_connector().ok_or(VmmError::NoVsock)?;
+                let stream = connector
+                    .request(port)
+                    .map_err(|source| VmmError::VsockConnect { port, source })?;
+                return Ok(VmmData::VsockStream(stream));
+            }
         }
         self.state = next;
         Ok(VmmData::Empty)

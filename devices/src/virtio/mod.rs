@@ -11,6 +11,7 @@ pub mod block;
 pub mod fs;
 mod mmio;
 pub mod net;
+pub mod vsock;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};

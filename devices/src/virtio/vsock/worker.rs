@@ -1,0 +1,176 @@
+//! The vsock data path: TX packets to the muxer, muxer packets into RX
+//! buffers, host-side events. Runs on the device's worker thread; tests and
+//! benches drive it directly.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_vsock::packet::VsockPacket;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::muxer::Muxer;
+use super::packet::{parse_tx, Header, HEADER_SIZE, MAX_PKT_DATA};
+use crate::virtio::worker::{Poller, WorkerLoop};
+use crate::virtio::{ActivateError, Activation, Interrupt};
+
+const TOKEN_RX: u64 = 0;
+const TOKEN_TX: u64 = 1;
+const TOKEN_EVENT: u64 = 2;
+const TOKEN_HOST: u64 = 3;
+
+/// The device's data path over its three queues (rx, tx, event).
+pub struct VsockWorker {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    notify: [EventFd; 3],
+    interrupt: Arc<Interrupt>,
+    muxer: Muxer,
+}
+
+impl VsockWorker {
+    pub(crate) fn new(activation: Activation, muxer: Muxer) -> Result<Self, ActivateError> {
+        let got = activation.queues.len();
+        let mut queues = activation.queues.into_iter();
+        let (Some(rx), Some(tx), Some(event), None) =
+            (queues.next(), queues.next(), queues.next(), queues.next())
+        else {
+            return Err(ActivateError::QueueCount { got, want: 3 });
+        };
+        Ok(Self {
+            mem: activation.mem,
+            rx: rx.queue,
+            tx: tx.queue,
+            notify: [rx.notify, tx.notify, event.notify],
+            interrupt: activation.interrupt,
+            muxer,
+        })
+    }
+
+    /// Open connections (for tests and diagnostics).
+    pub fn connection_count(&self) -> usize {
+        self.muxer.connection_count()
+    }
+
+    /// Handles every packet the guest has put on the TX queue.
+    pub fn process_tx(&mut self) {
+        let mut used = false;
+        loop {
+            let mut popped = false;
+            while let Some(mut chain) = self.tx.pop_descriptor_chain(&self.mem) {
+                popped = true;
+                let head = chain.head_index();
+                match parse_tx(&self.mem, &mut chain) {
+                    Ok(pkt) => self.muxer.guest_packet(&Header::of(&pkt), pkt.data_slice()),
+                    Err(e) => tracing::debug!("vsock: TX packet dropped: {e}"),
+                }
+                if let Err(e) = self.tx.add_used(&self.mem, head, 0) {
+                    tracing::warn!("vsock: TX used ring: {e}");
+                }
+                used = true;
+            }
+            // Stop unless the guest added more meanwhile; a queue that says
+            // it has more but yields nothing is broken, not busy.
+            match self.tx.enable_notification(&self.mem) {
+                Ok(true) if popped => {}
+                _ => break,
+            }
+        }
+        if used {
+            self.signal(|w| &mut w.tx);
+        }
+    }
+
+    /// Fills RX buffers with whatever the muxer has for the guest.
+    pub fn process_rx(&mut self) {
+        let mut used = false;
+        let mut rechecked = false;
+        while self.muxer.has_rx() {
+            let Some(mut chain) = self.rx.pop_descriptor_chain(&self.mem) else {
+                // Out of buffers: ask for a kick when the guest adds some.
+                match self.rx.enable_notification(&self.mem) {
+                    Ok(true) if !rechecked => {
+                        rechecked = true;
+                        continue;
+                    }
+                    _ => break,
+                }
+            };
+            let head = chain.head_index();
+            let len = match VsockPacket::from_rx_virtq_chain(&self.mem, &mut chain, MAX_PKT_DATA) {
+                Ok(mut pkt) => {
+                    // The crate always gives RX packets a data slice.
+                    let data = pkt.data_slice().copied();
+                    let Some(hdr) = data.and_then(|data| self.muxer.next_rx(&data)) else {
+                        // Nothing after all: leave the buffer to the guest.
+                        self.rx.go_to_previous_position();
+                        break;
+                    };
+                    match pkt.set_header_from_raw(&hdr.encode()) {
+                        Ok(()) => HEADER_SIZE as u32 + hdr.len,
+                        Err(e) => {
+                            tracing::debug!("vsock: RX header: {e}");
+                            0
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("vsock: RX buffer returned unused: {e}");
+                    0
+                }
+            };
+            if let Err(e) = self.rx.add_used(&self.mem, head, len) {
+                tracing::warn!("vsock: RX used ring: {e}");
+            }
+            used = true;
+        }
+        if used {
+            self.signal(|w| &mut w.rx);
+        }
+    }
+
+    /// Handles host-side readiness (listener, connector, streams).
+    pub fn process_host(&mut self) {
+        self.muxer.process_host_events();
+    }
+
+    fn signal(&mut self, queue: fn(&mut Self) -> &mut Queue) {
+        let mem = self.mem.clone();
+        if queue(self).needs_notification(&mem).unwrap_or(true) {
+            self.interrupt.signal_used();
+        }
+    }
+}
+
+impl WorkerLoop for VsockWorker {
+    fn register(&mut self, poller: &Poller) -> io::Result<()> {
+        for (token, evt) in [TOKEN_RX, TOKEN_TX, TOKEN_EVENT]
+            .into_iter()
+            .zip(&self.notify)
+        {
+            poller.add(evt.as_raw_fd(), token, EventSet::IN)?;
+        }
+        poller.add(self.muxer.epoll_fd(), TOKEN_HOST, EventSet::IN)
+    }
+
+    fn handle(&mut self, _poller: &Poller, token: u64, _events: EventSet) {
+        match token {
+            TOKEN_RX | TOKEN_EVENT => {
+                // New RX buffers are used below; event-queue buffers are
+                // kept for events this device never sends.
+                let _ = self.notify[token as usize].read();
+            }
+            TOKEN_TX => {
+                let _ = self.notify[1].read();
+                self.process_tx();
+            }
+            TOKEN_HOST => self.process_host(),
+            _ => {}
+        }
+        self.process_rx();
+    }
+}
