@@ -20,101 +20,23 @@ Usage: scripts/bench_boot.py [--runs N] [--memory MiB] [--kernel K] [--initrd I]
 import argparse
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
-import threading
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import vmmbench  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-READY = b"SKIFF-GUEST-READY"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+READY = "SKIFF-GUEST-READY"
 
 
-def thread_cpu(pid):
-    """{thread name: cpu seconds} from /proc/PID/task/*/stat."""
-    out = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        out[f"{name}/{tid}"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return out
-
-
-def rss_outside_guest(pid, guest_bytes):
-    """Process RSS minus the RSS of mappings at least as large as guest RAM."""
-    total = guest = 0
-    size = rss = 0
-    try:
-        with open(f"/proc/{pid}/smaps") as f:
-            for line in f:
-                if line.startswith("Size:"):
-                    size = int(line.split()[1]) * 1024
-                elif line.startswith("Rss:"):
-                    rss = int(line.split()[1]) * 1024
-                    total += rss
-                    if size >= guest_bytes:
-                        guest += rss
-    except OSError:
-        return None
-    return (total - guest) / (1 << 20)
-
-
-def measure(cmd, guest_bytes, is_vcpu):
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
-    marks = {}
-    captured = bytearray()
-
-    def read_console():
-        while True:
-            chunk = proc.stdout.read1(4096)
-            if not chunk:
-                return
-            now = time.monotonic() - start
-            marks.setdefault("first_byte", now)
-            captured.extend(chunk)
-            if "init" not in marks and READY in captured:
-                marks["init"] = now
-
-    reader = threading.Thread(target=read_console)
-    reader.start()
-    cpu, rss = {}, []
-    while proc.poll() is None:
-        sample = thread_cpu(proc.pid)
-        if sample:
-            cpu.update(sample)
-        r = rss_outside_guest(proc.pid, guest_bytes)
-        if r is not None:
-            rss.append(r)
-        time.sleep(0.05)
-    marks["exit"] = time.monotonic() - start
-    reader.join()
-    stderr = proc.stderr.read().decode(errors="replace")
-    vcpu = sum(v for k, v in cpu.items() if is_vcpu(k))
-    other = sum(v for k, v in cpu.items() if not is_vcpu(k))
-    return {
-        "rc": proc.returncode,
-        "first_byte": marks.get("first_byte"),
-        "init": marks.get("init"),
-        "exit": marks["exit"],
-        "vcpu_cpu": vcpu,
-        "vmm_cpu": other,
-        "rss_outside_guest": max(rss) if rss else None,
-        "stderr": stderr,
-        "console": captured.decode(errors="replace"),
-    }
+def measure(cmd, guest_bytes):
+    r = vmmbench.run(cmd, guest_bytes, markers=(READY,))
+    marks = r["marks"]
+    r["first_byte"] = marks["first_byte"].wall if "first_byte" in marks else None
+    r["init"] = marks[READY].wall if READY in marks else None
+    r["rss_outside_guest"] = max(r["rss_outside_guest"], default=None)
+    return r
 
 
 def main():
@@ -133,7 +55,7 @@ def main():
     results = {"skiff": [], "qemu": []}
     cmdline = None
     for i in range(args.runs):
-        r = measure(skiff_cmd, guest_bytes, lambda k: k.startswith("skiff-vcpu"))
+        r = measure(skiff_cmd, guest_bytes)
         if r["rc"] != 0:
             sys.exit(f"vm-run failed (rc {r['rc']}):\n{r['stderr']}")
         report = json.loads([l for l in r["stderr"].splitlines() if l.startswith("{")][-1])
@@ -144,12 +66,9 @@ def main():
         results["skiff"].append(r)
         print(f"run {i + 1}/{args.runs} skiff: init {r['init']:.2f} s", file=sys.stderr)
 
-        qemu_cmd = [args.qemu, "-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on",
-                    "-enable-kvm", "-cpu", "host", "-m", str(args.memory), "-smp", "1",
-                    "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
-                    "-no-reboot", "-kernel", args.kernel, "-initrd", args.initrd,
-                    "-append", cmdline]
-        q = measure(qemu_cmd, guest_bytes, lambda k: re.match(r"CPU \d+/KVM", k) is not None)
+        qemu_cmd = vmmbench.qemu_microvm(args.kernel, args.initrd, cmdline, args.memory,
+                                         qemu=args.qemu)
+        q = measure(qemu_cmd, guest_bytes)
         if q["rc"] != 0 or q["init"] is None:
             sys.exit(f"qemu failed (rc {q['rc']}):\n{q['stderr']}\n{q['console'][-2000:]}")
         results["qemu"].append(q)
