@@ -7,7 +7,7 @@ GUEST := build/guest
 CARGO ?= cargo
 VM_RUN := target/release/vm-run
 
-.PHONY: all guest kernel initramfs build test unit-test demo bench clean rust
+.PHONY: all guest kernel initramfs agent-initramfs build test unit-test demo bench clean rust
 
 all: build guest
 
@@ -20,7 +20,10 @@ kernel:
 initramfs:
 	guest/image/build-initramfs.sh $(GUEST)
 
-guest: kernel initramfs
+agent-initramfs: rust
+	guest/image/build-agent-initramfs.sh $(GUEST)
+
+guest: kernel initramfs agent-initramfs
 
 build: rust
 	$(CARGO) build --release --workspace --locked

@@ -1,0 +1,376 @@
+//! Turns the OCI spec (and exec'd OCI processes) into spawn plans, with
+//! every check that can fail done here, before fork, so a bad request
+//! gets a clear error and nothing is created.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+
+use crate::mounts::{secure_join, MountError, MountOptions};
+use crate::security::{rlimits_from_spec, CapSets, Rlimit, SecurityError};
+use crate::spawn::{MountPlan, RootfsPlan};
+use crate::user::{ResolvedUser, UserError};
+
+/// Problems with a spec or process the runtime sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("invalid OCI {what} JSON: {err}")]
+    Json { what: &'static str, err: String },
+    #[error("the spec has no process")]
+    NoProcess,
+    #[error("the spec has no root (root.path): where is the container's rootfs?")]
+    NoRoot,
+    #[error("rootfs {0:?} must be an absolute guest path")]
+    RootNotAbsolute(PathBuf),
+    #[error("rootfs {0} does not exist or is not a directory")]
+    RootMissing(PathBuf),
+    #[error("process.args is empty")]
+    NoArgs,
+    #[error("{0:?} contains a NUL byte")]
+    Nul(String),
+    #[error("mount destination {0:?} must be absolute")]
+    RelativeDestination(String),
+    #[error("mount source {source_path} for {destination} does not exist")]
+    MissingMountSource {
+        source_path: String,
+        destination: String,
+    },
+    #[error("{0} namespaces are not supported")]
+    UnsupportedNamespace(String),
+    #[error("open namespace {path}: {err}")]
+    Namespace { path: PathBuf, err: std::io::Error },
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+}
+
+pub fn parse_spec(json: &[u8]) -> Result<Spec, SpecError> {
+    serde_json::from_slice(json).map_err(|e| SpecError::Json {
+        what: "runtime spec",
+        err: e.to_string(),
+    })
+}
+
+pub fn parse_process(json: &[u8]) -> Result<Process, SpecError> {
+    serde_json::from_slice(json).map_err(|e| SpecError::Json {
+        what: "process",
+        err: e.to_string(),
+    })
+}
+
+/// The rootfs directory named by the spec, checked.
+pub fn rootfs_path(spec: &Spec) -> Result<PathBuf, SpecError> {
+    let root = spec.root().as_ref().ok_or(SpecError::NoRoot)?;
+    let path = root.path().clone();
+    if path.as_os_str().is_empty() {
+        return Err(SpecError::NoRoot);
+    }
+    if !path.is_absolute() {
+        return Err(SpecError::RootNotAbsolute(path));
+    }
+    if !path.is_dir() {
+        return Err(SpecError::RootMissing(path));
+    }
+    Ok(path)
+}
+
+fn cstring(s: &str) -> Result<CString, SpecError> {
+    CString::new(s).map_err(|_| SpecError::Nul(s.to_string()))
+}
+
+/// The parts of a spawn plan that come from an OCI process.
+pub struct ProcessSetup {
+    pub args: Vec<CString>,
+    pub exec_candidates: Vec<CString>,
+    pub env: Vec<CString>,
+    pub cwd: PathBuf,
+    pub user: ResolvedUser,
+    pub caps: Option<CapSets>,
+    pub rlimits: Vec<Rlimit>,
+    pub no_new_privileges: bool,
+    pub oom_score_adj: Option<i32>,
+    pub terminal: bool,
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where execve will look for `arg0`, in the container's view: PATH from
+/// the process's own environment, as a shell would.
+pub fn exec_candidates(arg0: &str, env: &[String]) -> Vec<String> {
+    if arg0.contains('/') {
+        return vec![arg0.to_string()];
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| format!("{}/{arg0}", d.trim_end_matches('/')))
+        .collect()
+}
+
+pub fn process_setup(p: &Process, rootfs: &Path) -> Result<ProcessSetup, SpecError> {
+    let args = p.args().clone().unwrap_or_default();
+    let arg0 = args.first().ok_or(SpecError::NoArgs)?;
+    let env = p.env().clone().unwrap_or_default();
+    Ok(ProcessSetup {
+        exec_candidates: exec_candidates(arg0, &env)
+            .iter()
+            .map(|c| cstring(c))
+            .collect::<Result<_, _>>()?,
+        args: args.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
+        env: env.iter().map(|e| cstring(e)).collect::<Result<_, _>>()?,
+        cwd: p.cwd().clone(),
+        user: crate::user::resolve(p.user(), rootfs)?,
+        caps: p
+            .capabilities()
+            .as_ref()
+            .map(CapSets::from_spec)
+            .transpose()?,
+        rlimits: rlimits_from_spec(p.rlimits().as_deref().unwrap_or_default())?,
+        no_new_privileges: p.no_new_privileges().unwrap_or(false),
+        oom_score_adj: p.oom_score_adj(),
+        terminal: p.terminal().unwrap_or(false),
+    })
+}
+
+/// Mounts, masked and read-only paths of the init process.
+pub fn rootfs_plan(spec: &Spec, rootfs: &Path) -> Result<RootfsPlan, SpecError> {
+    let mut mounts = Vec::new();
+    for m in spec.mounts().iter().flatten() {
+        let destination = m.destination().display().to_string();
+        if !m.destination().is_absolute() {
+            return Err(SpecError::RelativeDestination(destination));
+        }
+        let options = MountOptions::parse(m.options().as_deref().unwrap_or_default());
+        let bind = options.bind || m.typ().as_deref() == Some("bind");
+        let mut file = false;
+        if bind {
+            let src = m.source().clone().unwrap_or_default();
+            match std::fs::metadata(&src) {
+                Ok(meta) => file = !meta.is_dir(),
+                Err(_) => {
+                    return Err(SpecError::MissingMountSource {
+                        source_path: src.display().to_string(),
+                        destination,
+                    })
+                }
+            }
+        }
+        let fstype = m.typ().clone().filter(|t| t != "bind" && !bind);
+        mounts.push(MountPlan {
+            target: secure_join(rootfs, m.destination())?,
+            source: m.source().clone(),
+            populate_dev: destination == "/dev" && fstype.as_deref() == Some("tmpfs"),
+            destination,
+            fstype,
+            options: MountOptions { bind, ..options },
+            file,
+        });
+    }
+    let linux = spec.linux().as_ref();
+    let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
+        Some("shared") | Some("rshared") => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        Some("slave") | Some("rslave") => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        _ => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+    };
+    Ok(RootfsPlan {
+        rootfs: rootfs.to_path_buf(),
+        readonly: spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false),
+        propagation,
+        mounts,
+        masked_paths: linux
+            .and_then(|l| l.masked_paths().clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+        readonly_paths: linux
+            .and_then(|l| l.readonly_paths().clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+    })
+}
+
+fn ns_flag(t: LinuxNamespaceType) -> Result<CloneFlags, SpecError> {
+    Ok(match t {
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        other => return Err(SpecError::UnsupportedNamespace(format!("{other:?}"))),
+    })
+}
+
+fn open_ns(path: &Path) -> Result<File, SpecError> {
+    File::open(path).map_err(|err| SpecError::Namespace {
+        path: path.to_path_buf(),
+        err,
+    })
+}
+
+/// Namespaces of a container's init process.
+pub struct Namespaces {
+    pub join: Vec<(File, CloneFlags)>,
+    pub unshare: CloneFlags,
+    pub pid_ns_change: bool,
+}
+
+/// From the spec's `linux.namespaces`; a new PID namespace becomes the
+/// sandbox's shared one when the pod has it. A new mount namespace is
+/// always made: the rootfs is set up in it.
+pub fn init_namespaces(spec: &Spec, sandbox_pidns: Option<&Path>) -> Result<Namespaces, SpecError> {
+    let mut ns = Namespaces {
+        join: Vec::new(),
+        unshare: CloneFlags::CLONE_NEWNS,
+        pid_ns_change: false,
+    };
+    let list = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    for n in list {
+        let flag = ns_flag(n.typ())?;
+        let path = match (n.path(), flag == CloneFlags::CLONE_NEWPID, sandbox_pidns) {
+            (Some(p), _, _) => Some(p.clone()),
+            (None, true, Some(shared)) => Some(shared.to_path_buf()),
+            _ => None,
+        };
+        if flag == CloneFlags::CLONE_NEWPID {
+            ns.pid_ns_change = true;
+        }
+        match path {
+            Some(p) => ns.join.push((open_ns(&p)?, flag)),
+            None => ns.unshare |= flag,
+        }
+    }
+    // Joining a mount namespace would replace the one made for the rootfs.
+    if ns.join.iter().any(|(_, f)| *f == CloneFlags::CLONE_NEWNS) {
+        ns.unshare -= CloneFlags::CLONE_NEWNS;
+    }
+    Ok(ns)
+}
+
+/// Namespaces an exec'd process joins: those of the init process that
+/// differ from the agent's (mount last, it changes the root).
+pub fn exec_namespaces(init_pid: i32) -> Result<Namespaces, SpecError> {
+    let mut ns = Namespaces {
+        join: Vec::new(),
+        unshare: CloneFlags::empty(),
+        pid_ns_change: false,
+    };
+    for (name, flag) in [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ] {
+        let theirs = PathBuf::from(format!("/proc/{init_pid}/ns/{name}"));
+        let ours = PathBuf::from(format!("/proc/self/ns/{name}"));
+        let ino = |p: &Path| std::fs::metadata(p).map(|m| m.ino()).ok();
+        if ino(&theirs).is_some() && ino(&theirs) == ino(&ours) {
+            continue;
+        }
+        ns.join.push((open_ns(&theirs)?, flag));
+        if flag == CloneFlags::CLONE_NEWPID {
+            ns.pid_ns_change = true;
+        }
+    }
+    Ok(ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Spec {
+        parse_spec(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn path_search_uses_the_process_env() {
+        assert_eq!(exec_candidates("/bin/sh", &[]), vec!["/bin/sh"]);
+        assert_eq!(
+            exec_candidates("ls", &["PATH=/a:/b/".into()]),
+            vec!["/a/ls", "/b/ls"]
+        );
+        assert_eq!(exec_candidates("ls", &[]).len(), 6);
+    }
+
+    #[test]
+    fn spec_without_root_is_refused() {
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+        );
+        assert!(matches!(rootfs_path(&s), Err(SpecError::NoRoot)));
+        let s = spec(r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#);
+        assert!(matches!(
+            rootfs_path(&s),
+            Err(SpecError::RootNotAbsolute(_))
+        ));
+        let s = spec(r#"{"ociVersion":"1.0.2","root":{"path":"/nonexistent/rootfs"}}"#);
+        let e = rootfs_path(&s).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "rootfs /nonexistent/rootfs does not exist or is not a directory"
+        );
+    }
+
+    #[test]
+    fn bind_of_missing_source_is_refused() {
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","root":{"path":"/"},"mounts":[
+                {"destination":"/data","type":"bind","source":"/nonexistent/src","options":["rbind"]}]}"#,
+        );
+        let e = rootfs_plan(&s, Path::new("/tmp")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "mount source /nonexistent/src for /data does not exist"
+        );
+    }
+
+    #[test]
+    fn namespaces_split_into_new_and_joined() {
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[
+                {"type":"pid"},{"type":"uts"},{"type":"ipc"},{"type":"mount"},
+                {"type":"network","path":"/proc/self/ns/net"}]}}"#,
+        );
+        let ns = init_namespaces(&s, None).unwrap();
+        assert!(ns.pid_ns_change);
+        assert!(ns.unshare.contains(
+            CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS
+        ));
+        assert_eq!(ns.join.len(), 1);
+        let shared = init_namespaces(&s, Some(Path::new("/proc/self/ns/pid"))).unwrap();
+        assert!(!shared.unshare.contains(CloneFlags::CLONE_NEWPID));
+        assert_eq!(shared.join.len(), 2);
+        let user = spec(r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"user"}]}}"#);
+        assert!(matches!(
+            init_namespaces(&user, None),
+            Err(SpecError::UnsupportedNamespace(_))
+        ));
+    }
+}

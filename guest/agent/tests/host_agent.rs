@@ -1,0 +1,746 @@
+//! Runs skiff-agent on the host, as root, in private mount/PID/UTS/IPC
+//! namespaces (`unshare`), listening on a Unix socket, and drives every
+//! RPC through the real ttrpc client. Container rootfs: a directory with
+//! Debian's busybox-static. cgroups: a fresh directory in the host's
+//! cgroup v2 hierarchy; checks that need a controller the host does not
+//! offer in v2 (memory, pids) say so and check the error path instead.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use skiff_agent_protocol::agent::*;
+use skiff_agent_protocol::agent_ttrpc::AgentServiceClient;
+use ttrpc::context;
+
+const BUSYBOX: &str = "/bin/busybox";
+
+fn ctx() -> context::Context {
+    context::with_timeout(Duration::from_secs(30).as_nanos() as i64)
+}
+
+/// Why this host cannot run the tests, if it cannot.
+fn unsupported() -> Option<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Some("not root".into());
+    }
+    let out = Command::new("readelf").args(["-l", BUSYBOX]).output();
+    if !Path::new(BUSYBOX).exists()
+        || matches!(&out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("INTERP"))
+    {
+        return Some(format!(
+            "{BUSYBOX} is missing or not static: apt-get install busybox-static"
+        ));
+    }
+    None
+}
+
+fn cgroup2_mount() -> PathBuf {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for l in mi.lines() {
+        let (pre, post) = l.split_once(" - ").unwrap();
+        if post.starts_with("cgroup2 ") {
+            return PathBuf::from(pre.split_whitespace().nth(4).unwrap());
+        }
+    }
+    panic!("no cgroup2 mount on this host");
+}
+
+struct Agent {
+    child: Child,
+    client: AgentServiceClient,
+    dir: PathBuf,
+    cgroup: PathBuf,
+    rootfs: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn launch(name: &str) -> Agent {
+        let dir = PathBuf::from(format!(
+            "/tmp/skiff-agent-test-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let rootfs = dir.join("rootfs");
+        for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
+        for applet in [
+            "sh", "cat", "echo", "sleep", "id", "hostname", "stty", "head", "tr", "mkdir", "ls",
+            "true",
+        ] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        std::fs::write(
+            rootfs.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+        let cgroup =
+            cgroup2_mount().join(format!("skiff-agent-test-{}-{name}", std::process::id()));
+        let _ = std::fs::create_dir(&cgroup);
+        let sock = dir.join("agent.sock");
+        let log = dir.join("agent.log");
+        let child = Command::new("unshare")
+            .args([
+                "--mount",
+                "--uts",
+                "--ipc",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "--propagation",
+                "private",
+            ])
+            .arg(env!("CARGO_BIN_EXE_skiff-agent"))
+            .arg("--listen")
+            .arg(format!("unix:{}", sock.display()))
+            .arg("--cgroup-root")
+            .arg(&cgroup)
+            .arg("--log-level")
+            .arg("debug")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            if sock.exists() {
+                if let Ok(c) = ttrpc::Client::connect(&format!("unix://{}", sock.display())) {
+                    break AgentServiceClient::new(c);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not listen: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Agent {
+            child,
+            client,
+            dir,
+            cgroup,
+            rootfs,
+            log,
+        }
+    }
+
+    /// The agent's pid on the host (unshare's only child).
+    fn agent_pid(&self) -> i32 {
+        self.try_agent_pid().expect("agent process")
+    }
+
+    fn try_agent_pid(&self) -> Option<i32> {
+        let p = self.child.id();
+        let c = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).ok()?;
+        c.split_whitespace().next()?.parse().ok()
+    }
+
+    fn agent_mounts(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", self.agent_pid())).unwrap()
+    }
+
+    fn agent_children(&self) -> Vec<String> {
+        let pid = self.agent_pid();
+        let mut out = Vec::new();
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let t = t.unwrap().path();
+            out.extend(
+                std::fs::read_to_string(t.join("children"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(str::to_string),
+            );
+        }
+        out
+    }
+
+    fn cgroup_children(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in walk(&self.cgroup) {
+            out.push(e.display().to_string());
+        }
+        out
+    }
+
+    /// A spec for `args` in the test rootfs, reached through a bind storage.
+    fn spec(&self, id: &str, args: &[&str]) -> (Value, Vec<Storage>) {
+        let mount_point = self.dir.join("storage").join(id);
+        let mut st = Storage::new();
+        st.driver = StorageDriver::STORAGE_DRIVER_BIND.into();
+        st.source = self.rootfs.display().to_string();
+        st.mount_point = mount_point.display().to_string();
+        let caps = json!([
+            "CAP_CHOWN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_FOWNER",
+            "CAP_KILL",
+            "CAP_SETGID",
+            "CAP_SETUID",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_SYS_CHROOT"
+        ]);
+        let spec = json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 0, "gid": 0},
+                "args": args,
+                "env": ["PATH=/bin", "HOME=/root"],
+                "cwd": "/",
+                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+                "noNewPrivileges": true
+            },
+            "root": {"path": mount_point},
+            "hostname": id,
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
+            ],
+            "linux": {
+                "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+                "maskedPaths": ["/proc/kcore"],
+                "readonlyPaths": ["/proc/sys"],
+                "seccomp": {
+                    "defaultAction": "SCMP_ACT_ALLOW",
+                    "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]
+                }
+            }
+        });
+        (spec, vec![st])
+    }
+
+    fn create(&self, id: &str, spec: &Value, storages: Vec<Storage>) -> ttrpc::Result<Empty> {
+        let mut req = CreateContainerRequest::new();
+        req.container_id = id.into();
+        req.oci_spec_json = serde_json::to_vec(spec).unwrap();
+        req.storages = storages;
+        self.client.create_container(ctx(), &req)
+    }
+
+    fn run(&self, id: &str, args: &[&str]) {
+        let (spec, st) = self.spec(id, args);
+        self.create(id, &spec, st).unwrap();
+        self.start(id);
+    }
+
+    fn start(&self, id: &str) {
+        let mut req = ContainerRequest::new();
+        req.container_id = id.into();
+        self.client.start_container(ctx(), &req).unwrap();
+    }
+
+    fn exec(&self, id: &str, exec_id: &str, process: Value) -> ttrpc::Result<Empty> {
+        let mut req = ExecProcessRequest::new();
+        req.container_id = id.into();
+        req.exec_id = exec_id.into();
+        req.oci_process_json = serde_json::to_vec(&process).unwrap();
+        self.client.exec_process(ctx(), &req)
+    }
+
+    fn wait(&self, id: &str, exec_id: &str) -> i32 {
+        let mut req = ProcessRequest::new();
+        req.container_id = id.into();
+        req.exec_id = exec_id.into();
+        self.client.wait_process(ctx(), &req).unwrap().exit_status
+    }
+
+    fn read_all(&self, id: &str, exec_id: &str, stderr: bool) -> String {
+        let mut out = Vec::new();
+        loop {
+            let mut req = ReadStreamRequest::new();
+            req.container_id = id.into();
+            req.exec_id = exec_id.into();
+            req.max_bytes = 4096;
+            let r = if stderr {
+                self.client.read_stderr(ctx(), &req)
+            } else {
+                self.client.read_stdout(ctx(), &req)
+            }
+            .unwrap();
+            if r.data.is_empty() {
+                return String::from_utf8_lossy(&out).into_owned();
+            }
+            out.extend(r.data);
+        }
+    }
+
+    fn write(&self, id: &str, exec_id: &str, data: &[u8]) {
+        let mut req = WriteStreamRequest::new();
+        req.container_id = id.into();
+        req.exec_id = exec_id.into();
+        req.data = data.to_vec();
+        assert_eq!(
+            self.client.write_stdin(ctx(), &req).unwrap().written as usize,
+            data.len()
+        );
+    }
+
+    fn signal(&self, id: &str, exec_id: &str, sig: u32) -> ttrpc::Result<Empty> {
+        let mut req = SignalProcessRequest::new();
+        req.container_id = id.into();
+        req.exec_id = exec_id.into();
+        req.signal = sig;
+        self.client.signal_process(ctx(), &req)
+    }
+
+    fn remove(&self, id: &str) {
+        let mut req = RemoveContainerRequest::new();
+        req.container_id = id.into();
+        self.client.remove_container(ctx(), &req).unwrap();
+    }
+
+    fn req(id: &str) -> ContainerRequest {
+        let mut r = ContainerRequest::new();
+        r.container_id = id.into();
+        r
+    }
+
+    /// Nothing of any container is left: no cgroup, no storage mount, no process.
+    fn assert_clean(&self) {
+        assert_eq!(
+            self.cgroup_children(),
+            Vec::<String>::new(),
+            "cgroups left behind"
+        );
+        let storage = self.dir.join("storage").display().to_string();
+        assert!(
+            !self.agent_mounts().contains(&storage),
+            "mount left behind:\n{}",
+            self.agent_mounts()
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.agent_children().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "processes left behind: {:?}",
+                self.agent_children()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            out.push(e.path());
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "agent log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        // Kill the agent itself (PID 1 of its namespace: everything in the
+        // namespace dies with it) so that unshare reaps it, then unshare.
+        if let Some(pid) = self.try_agent_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.child.wait();
+        // Remove what is left on the host; killed processes may take a
+        // moment to leave their cgroups.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.cgroup.exists() && Instant::now() < deadline {
+            for d in walk(&self.cgroup).iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+            let _ = std::fs::remove_dir(&self.cgroup);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn process(args: &[&str], terminal: bool) -> Value {
+    json!({"terminal": terminal, "user": {"uid": 0, "gid": 0}, "args": args, "env": ["PATH=/bin"], "cwd": "/"})
+}
+
+macro_rules! require_host {
+    () => {
+        if let Some(why) = unsupported() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+fn err_msg(r: ttrpc::Result<impl std::fmt::Debug>) -> (ttrpc::Code, String) {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) => (s.code(), s.message().to_string()),
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+#[test]
+fn create_start_io_wait_and_remove() {
+    require_host!();
+    let a = Agent::launch("io");
+    let (spec, st) = a.spec("c1", &["sh", "-c", "read line; echo got:$line; echo oops >&2; hostname; mkdir /tmp/x || echo denied; exit 3"]);
+    a.create("c1", &spec, st).unwrap();
+    // Created, not running: its cgroup exists and holds the waiting init.
+    assert_eq!(a.cgroup_children().len(), 2, "skiff/ and skiff/c1");
+    a.start("c1");
+    a.write("c1", "", b"hello\n");
+    let mut close = ProcessRequest::new();
+    close.container_id = "c1".into();
+    a.client.close_stdin(ctx(), &close).unwrap();
+    let out = a.read_all("c1", "", false);
+    assert_eq!(
+        out, "got:hello\nc1\ndenied\n",
+        "stdout (hostname from the spec, mkdir refused by seccomp)"
+    );
+    // errnoRet 13 from the spec's seccomp profile: EACCES, not EPERM.
+    assert_eq!(
+        a.read_all("c1", "", true),
+        "oops\nmkdir: can't create directory '/tmp/x': Permission denied\n"
+    );
+    assert_eq!(a.wait("c1", ""), 3);
+    // Wait can be asked again.
+    assert_eq!(a.wait("c1", ""), 3);
+    a.remove("c1");
+    a.assert_clean();
+}
+
+#[test]
+fn exec_signal_and_namespaces() {
+    require_host!();
+    let a = Agent::launch("exec");
+    a.run("c2", &["sleep", "1000"]);
+    a.exec(
+        "c2",
+        "e1",
+        process(
+            &[
+                "sh",
+                "-c",
+                "echo pid=$$; id -u; hostname; cat /proc/1/cmdline | tr '\\0' ' '",
+            ],
+            false,
+        ),
+    )
+    .unwrap();
+    let out = a.read_all("c2", "e1", false);
+    assert_eq!(a.wait("c2", "e1"), 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_ne!(
+        lines[0], "pid=1",
+        "exec joins the container's PID namespace, not as its init"
+    );
+    assert_eq!(&lines[1..], ["0", "c2", "sleep 1000 "], "{out}");
+    // A user from the rootfs' /etc/passwd.
+    let mut p = process(&["id"], false);
+    p["user"] = json!({"uid": 0, "gid": 0, "username": "nobody"});
+    a.exec("c2", "e2", p).unwrap();
+    assert_eq!(
+        a.read_all("c2", "e2", false).trim(),
+        "uid=65534(nobody) gid=65534(nogroup)"
+    );
+    assert_eq!(a.wait("c2", "e2"), 0);
+    // Exec id reuse is refused.
+    let (code, msg) = err_msg(a.exec("c2", "e1", process(&["true"], false)));
+    assert_eq!(code, ttrpc::Code::ALREADY_EXISTS, "{msg}");
+    // A long-running exec killed by a signal: 128 + 9.
+    a.exec("c2", "e3", process(&["sleep", "1000"], false))
+        .unwrap();
+    a.signal("c2", "e3", 9).unwrap();
+    assert_eq!(a.wait("c2", "e3"), 137);
+    // Signalling a process that has exited is a clear error.
+    let (code, msg) = err_msg(a.signal("c2", "e3", 15));
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
+    assert!(msg.contains("has already exited"), "{msg}");
+    a.signal("c2", "", 9).unwrap();
+    assert_eq!(a.wait("c2", ""), 137);
+    a.remove("c2");
+    a.assert_clean();
+}
+
+#[test]
+fn tty_and_resize() {
+    require_host!();
+    let a = Agent::launch("tty");
+    let (mut spec, st) = a.spec("t1", &["sh", "-c", "stty size; read x; echo x=$x"]);
+    spec["process"]["terminal"] = json!(true);
+    a.create("t1", &spec, st).unwrap();
+    let mut rs = TtyWinResizeRequest::new();
+    rs.container_id = "t1".into();
+    rs.rows = 33;
+    rs.columns = 77;
+    a.client.tty_win_resize(ctx(), &rs).unwrap();
+    a.start("t1");
+    a.write("t1", "", b"abc\n");
+    let out = a.read_all("t1", "", false);
+    assert!(out.contains("33 77"), "{out:?}");
+    assert!(out.contains("x=abc"), "{out:?}");
+    assert_eq!(a.wait("t1", ""), 0);
+    // A pipe process has no terminal to resize.
+    a.run("t2", &["sleep", "1000"]);
+    a.exec("t2", "e", process(&["sleep", "1000"], false))
+        .unwrap();
+    rs.container_id = "t2".into();
+    rs.exec_id = "e".into();
+    let (_, msg) = err_msg(a.client.tty_win_resize(ctx(), &rs));
+    assert!(msg.contains("no terminal"), "{msg}");
+    a.remove("t1");
+    a.remove("t2");
+    a.assert_clean();
+}
+
+#[test]
+fn pause_resume_stats_update() {
+    require_host!();
+    let a = Agent::launch("cg");
+    a.run("p1", &["sh", "-c", "while true; do :; done"]);
+    let cg = a.cgroup.join("skiff/p1");
+    a.client.pause_container(ctx(), &Agent::req("p1")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(cg.join("cgroup.freeze"))
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    assert!(std::fs::read_to_string(cg.join("cgroup.events"))
+        .unwrap()
+        .contains("frozen 1"));
+    let (code, _) = err_msg(a.client.pause_container(ctx(), &Agent::req("p1")));
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
+    a.client.resume_container(ctx(), &Agent::req("p1")).unwrap();
+    assert!(std::fs::read_to_string(cg.join("cgroup.events"))
+        .unwrap()
+        .contains("frozen 0"));
+    std::thread::sleep(Duration::from_millis(200));
+    let stats = a.client.stats_container(ctx(), &Agent::req("p1")).unwrap();
+    assert!(stats.cpu.usage_usec > 0, "{stats:?}");
+    assert_eq!(stats.pids.current, 1, "{stats:?}");
+    let controllers = std::fs::read_to_string(a.cgroup.join("cgroup.subtree_control")).unwrap();
+    let mut up = UpdateContainerRequest::new();
+    up.container_id = "p1".into();
+    up.oci_resources_json = br#"{"pids":{"limit":50}}"#.to_vec();
+    if controllers.contains("pids") {
+        a.client.update_container(ctx(), &up).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(cg.join("pids.max")).unwrap().trim(),
+            "50"
+        );
+    } else {
+        eprintln!("NOTE: this host's cgroup v2 has no pids controller ({controllers:?}): checking the error");
+        let (code, msg) = err_msg(a.client.update_container(ctx(), &up));
+        assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
+        assert!(
+            msg.contains("controller \"pids\" is not available"),
+            "{msg}"
+        );
+    }
+    up.oci_resources_json = b"{not json".to_vec();
+    let (code, _) = err_msg(a.client.update_container(ctx(), &up));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+    a.remove("p1");
+    a.assert_clean();
+}
+
+#[test]
+fn oom_event() {
+    require_host!();
+    let a = Agent::launch("oom");
+    let controllers = std::fs::read_to_string(a.cgroup.join("cgroup.subtree_control")).unwrap();
+    if !controllers.contains("memory") {
+        eprintln!("SKIPPED: this host's cgroup v2 has no memory controller ({controllers:?}); the OOM watcher has a unit test");
+        return;
+    }
+    let (mut spec, st) = a.spec(
+        "m1",
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
+    );
+    spec["linux"]["resources"] =
+        json!({"memory": {"limit": 16 * 1024 * 1024, "swap": 16 * 1024 * 1024}});
+    a.create("m1", &spec, st).unwrap();
+    let client = a.client.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(client.get_oom_event(ctx(), &Empty::new()));
+    });
+    a.start("m1");
+    let ev = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("no OOM event")
+        .unwrap();
+    assert_eq!(ev.container_id, "m1");
+    a.wait("m1", "");
+    a.remove("m1");
+    a.assert_clean();
+}
+
+#[test]
+fn bad_input_is_refused_and_leaves_nothing() {
+    require_host!();
+    let a = Agent::launch("bad");
+    // No rootfs.
+    let (mut spec, st) = a.spec("b1", &["true"]);
+    spec.as_object_mut().unwrap().remove("root");
+    let (code, msg) = err_msg(a.create("b1", &spec, st));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+    assert!(msg.contains("no root"), "{msg}");
+    a.assert_clean();
+    // A bind mount of a missing source.
+    let (mut spec, st) = a.spec("b2", &["true"]);
+    spec["mounts"].as_array_mut().unwrap().push(json!({"destination": "/data", "type": "bind", "source": "/nonexistent/skiff", "options": ["rbind"]}));
+    let (code, msg) = err_msg(a.create("b2", &spec, st));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+    assert_eq!(
+        msg,
+        "mount source /nonexistent/skiff for /data does not exist"
+    );
+    a.assert_clean();
+    // An unknown user.
+    let (mut spec, st) = a.spec("b3", &["true"]);
+    spec["process"]["user"] = json!({"uid": 0, "gid": 0, "username": "ghost"});
+    let (_, msg) = err_msg(a.create("b3", &spec, st));
+    assert_eq!(
+        msg,
+        "user \"ghost\" not found in the container's /etc/passwd"
+    );
+    a.assert_clean();
+    // A binary that does not exist: the failure shows at start.
+    let (spec, st) = a.spec("b4", &["/bin/nope"]);
+    a.create("b4", &spec, st).unwrap();
+    let (_, msg) = err_msg(a.client.start_container(ctx(), &Agent::req("b4")));
+    assert_eq!(
+        msg,
+        "start process: exec \"/bin/nope\": No such file or directory"
+    );
+    a.remove("b4");
+    a.assert_clean();
+    // Exec into a container that does not exist.
+    let (code, msg) = err_msg(a.exec("ghost", "e", process(&["true"], false)));
+    assert_eq!(code, ttrpc::Code::NOT_FOUND);
+    assert_eq!(msg, "container \"ghost\" not found");
+    // Ids that would name other paths, duplicate ids, bad JSON.
+    let (spec, st) = a.spec("../x", &["true"]);
+    let (code, _) = err_msg(a.create("../x", &spec, st));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+    let mut req = CreateContainerRequest::new();
+    req.container_id = "j".into();
+    req.oci_spec_json = b"{".to_vec();
+    let (_, msg) = err_msg(a.client.create_container(ctx(), &req));
+    assert!(msg.starts_with("invalid OCI runtime spec JSON"), "{msg}");
+    a.run("dup", &["sleep", "1000"]);
+    let (spec, st) = a.spec("dup", &["true"]);
+    let (code, _) = err_msg(a.create("dup", &spec, st));
+    assert_eq!(code, ttrpc::Code::ALREADY_EXISTS);
+    a.remove("dup");
+    a.assert_clean();
+}
+
+#[test]
+fn sandbox_and_guest_calls() {
+    require_host!();
+    let mut a = Agent::launch("sandbox");
+    let c = &a.client;
+    assert_eq!(
+        c.check(ctx(), &CheckRequest::new())
+            .unwrap()
+            .status
+            .enum_value(),
+        Ok(health_check_response::ServingStatus::SERVING)
+    );
+    assert_eq!(
+        c.version(ctx(), &CheckRequest::new())
+            .unwrap()
+            .protocol_version,
+        skiff_agent_protocol::PROTOCOL_VERSION
+    );
+    let d = c.get_guest_details(ctx(), &Empty::new()).unwrap();
+    assert!(d.online_cpus >= 1 && d.memory_total_bytes > 0, "{d:?}");
+    let mut sb = CreateSandboxRequest::new();
+    sb.sandbox_id = "pod".into();
+    sb.hostname = "skiff-pod".into();
+    sb.dns = vec!["nameserver 10.0.0.2".into()];
+    sb.sandbox_pidns = true;
+    c.create_sandbox(ctx(), &sb).unwrap();
+    let (code, _) = err_msg(c.create_sandbox(ctx(), &sb));
+    assert_eq!(code, ttrpc::Code::ALREADY_EXISTS);
+    assert_eq!(
+        std::fs::read_to_string("/run/skiff/resolv.conf").unwrap(),
+        "nameserver 10.0.0.2\n"
+    );
+    // Two containers share the sandbox PID namespace: each sees the other.
+    a.run("s1", &["sleep", "1000"]);
+    a.run("s2", &["sleep", "2000"]);
+    a.exec(
+        "s2",
+        "ps",
+        process(
+            &["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"],
+            false,
+        ),
+    )
+    .unwrap();
+    let out = a.read_all("s2", "ps", false);
+    assert!(
+        out.contains("sleep 1000") && out.contains("sleep 2000"),
+        "{out}"
+    );
+    let ifs = c.list_interfaces(ctx(), &Empty::new()).unwrap();
+    assert!(ifs.interfaces.iter().any(|i| i.name == "lo"), "{ifs:?}");
+    c.list_routes(ctx(), &Empty::new()).unwrap();
+    let (code, _) = err_msg(c.update_routes(ctx(), &Routes::new()));
+    assert_eq!(code, ttrpc::Code::UNIMPLEMENTED);
+    // CopyFile in two chunks.
+    let path = format!("/run/skiff/test-{}/hosts", std::process::id());
+    for (off, chunk) in [(0u64, &b"127.0.0.1 "[..]), (10, &b"localhost\n"[..])] {
+        let mut cf = CopyFileRequest::new();
+        cf.path = path.clone();
+        cf.file_size = 20;
+        cf.file_mode = 0o644;
+        cf.offset = off;
+        cf.data = chunk.to_vec();
+        c.copy_file(ctx(), &cf).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "127.0.0.1 localhost\n"
+    );
+    let _ = std::fs::remove_dir_all(Path::new(&path).parent().unwrap());
+    let mut cf = CopyFileRequest::new();
+    cf.path = "/etc/passwd".into();
+    let (code, _) = err_msg(c.copy_file(ctx(), &cf));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+    // DestroySandbox removes everything and ends the agent.
+    c.destroy_sandbox(ctx(), &Empty::new()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = a.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "agent did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(a.cgroup_children(), Vec::<String>::new());
+    let _ = std::fs::remove_file("/run/skiff/resolv.conf");
+}

@@ -1,0 +1,47 @@
+//! The ttrpc API between the Skiff runtime (host) and `skiff-agent` (PID 1
+//! of every sandbox VM). The messages and the synchronous client/server
+//! stubs are generated at build time from `proto/agent.proto`.
+//!
+//! - [`agent`]: the messages (`CreateContainerRequest`, ...).
+//! - [`agent_ttrpc`]: `AgentServiceClient`, the `AgentService` server trait
+//!   and `create_agent_service` to register an implementation.
+
+#![allow(clippy::all, unused_qualifications, missing_docs)]
+
+include!(concat!(env!("OUT_DIR"), "/mod.rs"));
+
+/// Version of the wire protocol, returned by `Version`; bumped on
+/// incompatible changes so the runtime can refuse a mismatched guest image.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The vsock port the agent listens on unless the kernel command line says
+/// otherwise (`skiff.agent_port=`).
+pub const DEFAULT_VSOCK_PORT: u32 = 1024;
+
+pub use protobuf;
+pub use ttrpc;
+
+#[cfg(test)]
+mod tests {
+    use super::agent::{CreateContainerRequest, Storage, StorageDriver};
+    use protobuf::Message;
+
+    #[test]
+    fn create_container_request_round_trips() {
+        let mut req = CreateContainerRequest::new();
+        req.container_id = "c1".into();
+        req.oci_spec_json = br#"{"ociVersion":"1.0.2"}"#.to_vec();
+        let mut st = Storage::new();
+        st.driver = StorageDriver::STORAGE_DRIVER_VIRTIO_FS.into();
+        st.source = "sharefs".into();
+        st.mount_point = "/run/skiff/shared".into();
+        req.storages.push(st);
+        let bytes = req.write_to_bytes().unwrap();
+        let back = CreateContainerRequest::parse_from_bytes(&bytes).unwrap();
+        assert_eq!(back, req);
+        assert_eq!(
+            back.storages[0].driver.enum_value(),
+            Ok(StorageDriver::STORAGE_DRIVER_VIRTIO_FS)
+        );
+    }
+}
