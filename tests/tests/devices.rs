@@ -20,7 +20,7 @@ use skiff_vmm::config::{
     append_init_args, default_cmdline, host_has_hardware_virt, BlockConfig, DeviceConfig, FsCache,
     FsConfig, NetConfig, VsockConfig,
 };
-use skiff_vmm::{ConsoleConfig, ExitReason, VmConfig, VmmHandle};
+use skiff_vmm::{ConsoleConfig, ExitReason, VmConfig, VmState, VmmHandle};
 
 const HOST_IP: &str = "10.213.7.1";
 const GUEST_IP: &str = "10.213.7.2";
@@ -186,7 +186,9 @@ fn echo(stream: UnixStream, data: &[u8]) -> Vec<u8> {
         writer.shutdown(Shutdown::Write).unwrap();
     });
     let mut reader = stream;
-    reader.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    reader
+        .set_read_timeout(Some(Duration::from_secs(300)))
+        .unwrap();
     let mut back = Vec::new();
     let _ = reader.read_to_end(&mut back);
     sender.join().unwrap();
@@ -206,14 +208,19 @@ fn hybrid_connect(socket: &Path, port: u32) -> std::io::Result<UnixStream> {
         }
         line.push(byte[0]);
     }
-    assert!(line.starts_with(b"OK "), "{}", String::from_utf8_lossy(&line));
+    assert!(
+        line.starts_with(b"OK "),
+        "{}",
+        String::from_utf8_lossy(&line)
+    );
     stream.set_read_timeout(None)?;
     Ok(stream)
 }
 
-/// Retries `connect` until the guest listens (refusals are quick), for up
-/// to `limit`.
+/// Retries `connect` until the guest listens (refusals are quick), while
+/// the VM runs and for at most `limit`.
 fn connect_when_listening<T>(
+    vmm: &VmmHandle,
     limit: Duration,
     mut connect: impl FnMut() -> Result<T, String>,
 ) -> Result<T, String> {
@@ -221,7 +228,9 @@ fn connect_when_listening<T>(
     loop {
         match connect() {
             Ok(stream) => return Ok(stream),
-            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(e) if Instant::now() > deadline || vmm.state().ok() != Some(VmState::Running) => {
+                return Err(e)
+            }
             Err(_) => std::thread::sleep(Duration::from_secs(1)),
         }
     }
@@ -349,16 +358,17 @@ fn guest_uses_disks_shares_network_and_vsock() {
     let via_connector = {
         let (vmm, data) = (vmm.clone(), echo_data.clone());
         std::thread::spawn(move || {
-            let stream = connect_when_listening(Duration::from_secs(900), || {
-                vmm.vsock_connect(VSOCK_ECHO_PORT).map_err(|e| e.to_string())
+            let stream = connect_when_listening(&vmm, Duration::from_secs(900), || {
+                vmm.vsock_connect(VSOCK_ECHO_PORT)
+                    .map_err(|e| e.to_string())
             })?;
             Ok::<_, String>(echo(stream, &data))
         })
     };
     let via_hybrid = {
-        let (socket, data) = (vsock_socket.clone(), echo_data.clone());
+        let (vmm, socket, data) = (vmm.clone(), vsock_socket.clone(), echo_data.clone());
         std::thread::spawn(move || {
-            let stream = connect_when_listening(Duration::from_secs(900), || {
+            let stream = connect_when_listening(&vmm, Duration::from_secs(900), || {
                 hybrid_connect(&socket, VSOCK_ECHO_PORT).map_err(|e| e.to_string())
             })?;
             Ok::<_, String>(echo(stream, &data))
@@ -372,10 +382,20 @@ fn guest_uses_disks_shares_network_and_vsock() {
     let exit = vmm.wait_exit(Some(Duration::from_secs(900)));
     let console = std::fs::read_to_string(&console_path).unwrap_or_default();
     let exit = exit.unwrap_or_else(|| panic!("guest still running; console:\n{console}"));
-    assert_eq!(exit.reason, ExitReason::GuestShutdown, "console:\n{console}");
-    assert!(console.contains("SKIFF-GUEST-EXIT 0"), "console:\n{console}");
+    assert_eq!(
+        exit.reason,
+        ExitReason::GuestShutdown,
+        "console:\n{console}"
+    );
+    assert!(
+        console.contains("SKIFF-GUEST-EXIT 0"),
+        "console:\n{console}"
+    );
     let has = |needle: &str| {
-        assert!(console.contains(needle), "missing {needle:?} in console:\n{console}");
+        assert!(
+            console.contains(needle),
+            "missing {needle:?} in console:\n{console}"
+        );
     };
 
     // virtio-blk: read-only disk reads right and refuses writes.
@@ -392,10 +412,19 @@ fn guest_uses_disks_shares_network_and_vsock() {
     has("hello from the host");
     has("read only");
     has("fs-ro-write rc=1");
-    assert!(!console.contains("HOST-SECRET"), "symlink escaped the share:\n{console}");
+    assert!(
+        !console.contains("HOST-SECRET"),
+        "symlink escaped the share:\n{console}"
+    );
     assert!(console.contains("fs-parent ") && !console.contains("fs-parent from-host"));
-    assert_eq!(std::fs::read_to_string(rw.join("new.txt")).unwrap(), "written by the guest\n");
-    assert_eq!(std::fs::read_to_string(rw.join("renamed")).unwrap(), "renamed\n");
+    assert_eq!(
+        std::fs::read_to_string(rw.join("new.txt")).unwrap(),
+        "written by the guest\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.join("renamed")).unwrap(),
+        "renamed\n"
+    );
     assert!(!rw.join("rename-me").exists() && !rw.join("delete-me").exists());
     assert!(!ro.join("new").exists());
 
@@ -415,7 +444,9 @@ fn guest_uses_disks_shares_network_and_vsock() {
     has(&format!("sent port={VSOCK_HOST_PORT} bytes={VSOCK_BYTES}"));
     has("refused port=5001");
     has("vsock rc=0");
-    let refusal = refused.expect_err("connect to an unused port succeeded").to_string();
+    let refusal = refused
+        .expect_err("connect to an unused port succeeded")
+        .to_string();
     assert!(refusal.contains("refused"), "{refusal}");
     // The device removes its socket file when the VM is gone.
     drop(vmm);
