@@ -284,12 +284,14 @@ pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet tsc=reliab
 no_timer_check io_delay=none 8250.nr_uarts=1 rcupdate.rcu_expedited=1";
 
 /// Options only hosts whose KVM has no VMX/SVM need (see
-/// resources/kernel/patches): enable the guest kernel's workarounds, hide
-/// CPU features the instruction emulator cannot execute, and silence RCU
-/// stall warnings that emulated vCPUs trip.
+/// resources/kernel/README.md): enable the guest kernel's workarounds,
+/// hide CPU features the instruction emulator cannot execute or runs
+/// slowly (string copies), and skip boot work that costs seconds when
+/// every guest kernel instruction is emulated. `rodata=off` gives up
+/// write-protection of the guest kernel's text on these hosts only.
 pub const SOFTWARE_KVM_CMDLINE: &str = "skiff.swkvm \
-clearcpuid=popcnt,cx16,xsave,rdrand,rdseed,fsgsbase,pcid,invpcid,smap \
-rcupdate.rcu_cpu_stall_suppress=1";
+clearcpuid=popcnt,cx16,xsave,rdrand,rdseed,fsgsbase,pcid,invpcid,smap,erms,fsrm,rep_good \
+noreplace-smp percpu_alloc=page rodata=off rcupdate.rcu_cpu_stall_suppress=1";
 
 /// The default command line for this host.
 pub fn default_cmdline(host_has_hardware_virt: bool) -> String {

@@ -483,6 +483,28 @@ fn mount_one(m: &MountPlan) -> Result<(), String> {
     Ok(())
 }
 
+/// Makes the current directory the root. pivot_root(2) refuses when the
+/// old root is the initramfs (rootfs can never be unmounted), which is what
+/// the agent runs from in the guest; then the container root is moved over
+/// `/` and chrooted into, as runc's `--no-pivot` does. The VM, not the
+/// mount tree, is the isolation boundary between the pod and the host.
+fn switch_root() -> Result<(), String> {
+    match nix::unistd::pivot_root(".", ".") {
+        Ok(()) => sys(
+            || "detach old root".into(),
+            umount2(".", MntFlags::MNT_DETACH),
+        ),
+        Err(nix::errno::Errno::EINVAL) => {
+            sys(
+                || "move rootfs over /".into(),
+                mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>),
+            )?;
+            sys(|| "chroot".into(), nix::unistd::chroot("."))
+        }
+        Err(e) => Err(format!("pivot_root: {}", e.desc())),
+    }
+}
+
 fn setup_rootfs(p: &RootfsPlan) -> Result<(), String> {
     sys(
         || "make / private".into(),
@@ -502,11 +524,7 @@ fn setup_rootfs(p: &RootfsPlan) -> Result<(), String> {
         mount_one(m)?;
     }
     sys(|| "chdir rootfs".into(), nix::unistd::chdir(&p.rootfs))?;
-    sys(|| "pivot_root".into(), nix::unistd::pivot_root(".", "."))?;
-    sys(
-        || "detach old root".into(),
-        umount2(".", MntFlags::MNT_DETACH),
-    )?;
+    switch_root()?;
     sys(|| "chdir /".into(), nix::unistd::chdir("/"))?;
     for path in &p.masked_paths {
         let r = if path.is_dir() {
