@@ -1,0 +1,228 @@
+//! The guest agent in a real VM: the host reaches it over vsock through
+//! the VMM's in-process connector (no socket file), creates a container
+//! whose busybox rootfs is shared over virtio-fs, reads its output, execs
+//! into it, removes it and shuts the sandbox down. Prints each step's time.
+
+use std::os::fd::IntoRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use skiff_agent_protocol::agent::*;
+use skiff_agent_protocol::agent_ttrpc::AgentServiceClient;
+use skiff_agent_protocol::ttrpc;
+use skiff_agent_protocol::DEFAULT_VSOCK_PORT;
+use skiff_tests::{guest_artifact, kernel};
+use skiff_vmm::config::{
+    default_cmdline, host_has_hardware_virt, DeviceConfig, FsCache, FsConfig, VsockConfig,
+};
+use skiff_vmm::{ConsoleConfig, ExitReason, VmConfig, VmState, VmmHandle};
+
+const SHARE_TAG: &str = "rootfs";
+const SHARE_IN_GUEST: &str = "/run/skiff/shared";
+const CONTAINER: &str = "c1";
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(Duration::from_secs(120).as_nanos() as i64)
+}
+
+/// A busybox root filesystem: the static binary and the applets we use.
+fn busybox_rootfs(dir: &Path) {
+    for sub in ["bin", "proc", "dev", "tmp", "etc", "root"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "/bin/busybox is missing: apt-get install busybox-static"
+    );
+    std::fs::copy(busybox, dir.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "cat", "read", "sleep", "hostname", "id"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+}
+
+fn spec(args: &[&str]) -> serde_json::Value {
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "noNewPrivileges": true
+        },
+        "root": {"path": format!("{SHARE_IN_GUEST}/{CONTAINER}")},
+        "hostname": CONTAINER,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
+        }
+    })
+}
+
+fn read_until(client: &AgentServiceClient, exec_id: &str, needle: &str) -> String {
+    let mut out = Vec::new();
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        let mut req = ReadStreamRequest::new();
+        req.container_id = CONTAINER.into();
+        req.exec_id = exec_id.into();
+        req.max_bytes = 4096;
+        let data = client.read_stdout(ctx(), &req).unwrap().data;
+        if data.is_empty() {
+            break;
+        }
+        out.extend(data);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn wait(client: &AgentServiceClient, exec_id: &str) -> i32 {
+    let mut req = ProcessRequest::new();
+    req.container_id = CONTAINER.into();
+    req.exec_id = exec_id.into();
+    client.wait_process(ctx(), &req).unwrap().exit_status
+}
+
+struct Steps(Instant, Vec<(String, f64)>);
+
+impl Steps {
+    fn mark(&mut self, step: &str) {
+        let ms = self.0.elapsed().as_secs_f64() * 1e3;
+        eprintln!("step {step:<34} {ms:>10.1} ms");
+        self.1.push((step.into(), ms));
+        self.0 = Instant::now();
+    }
+}
+
+#[test]
+fn agent_runs_a_container_from_a_virtio_fs_rootfs() {
+    let scratch: PathBuf =
+        std::env::temp_dir().join(format!("skiff-agent-vm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let share = scratch.join("share");
+    busybox_rootfs(&share.join(CONTAINER));
+    let console = scratch.join("console.log");
+
+    let mut steps = Steps(Instant::now(), Vec::new());
+    let vmm = VmmHandle::spawn(Instant::now()).unwrap();
+    vmm.configure(VmConfig {
+        kernel: kernel(),
+        initrd: Some(guest_artifact("initramfs.cpio")),
+        cmdline: default_cmdline(host_has_hardware_virt()),
+        vcpus: 1,
+        memory_mib: 256,
+        console: ConsoleConfig::File(console.clone()),
+        devices: vec![
+            DeviceConfig::Vsock(VsockConfig {
+                guest_cid: 3,
+                socket: scratch.join("v.sock"),
+            }),
+            DeviceConfig::Fs(FsConfig {
+                tag: SHARE_TAG.into(),
+                path: share.clone(),
+                read_only: false,
+                cache: FsCache::Auto,
+            }),
+        ],
+    })
+    .unwrap();
+    vmm.start().unwrap();
+    steps.mark("VM started");
+
+    // The agent listens once the guest has booted; until then connects are
+    // refused (RST) or time out.
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let stream = loop {
+        match vmm.vsock_connect(DEFAULT_VSOCK_PORT) {
+            Ok(stream) => break stream,
+            Err(e) => {
+                let console = std::fs::read_to_string(&console).unwrap_or_default();
+                assert!(
+                    Instant::now() < deadline && vmm.state().ok() == Some(VmState::Running),
+                    "agent never listened: {e}\nconsole:\n{console}"
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    };
+    let client = AgentServiceClient::new(ttrpc::Client::new(stream.into_raw_fd()).unwrap());
+    client.check(ctx(), &CheckRequest::new()).unwrap();
+    steps.mark("agent ready (vsock connected)");
+
+    let mut storage = Storage::new();
+    storage.driver = StorageDriver::STORAGE_DRIVER_VIRTIO_FS.into();
+    storage.source = SHARE_TAG.into();
+    storage.mount_point = SHARE_IN_GUEST.into();
+    let mut create = CreateContainerRequest::new();
+    create.container_id = CONTAINER.into();
+    create.oci_spec_json =
+        serde_json::to_vec(&spec(&["sh", "-c", "echo hello; read line; exit 0"])).unwrap();
+    create.storages.push(storage);
+    client.create_container(ctx(), &create).unwrap();
+    steps.mark("CreateContainer");
+
+    let mut start = ContainerRequest::new();
+    start.container_id = CONTAINER.into();
+    client.start_container(ctx(), &start).unwrap();
+    steps.mark("StartContainer");
+    assert_eq!(read_until(&client, "", "hello\n"), "hello\n");
+    steps.mark("read `hello` from stdout");
+
+    let mut exec = ExecProcessRequest::new();
+    exec.container_id = CONTAINER.into();
+    exec.exec_id = "e1".into();
+    exec.oci_process_json = serde_json::to_vec(&json!({
+        "args": ["sh", "-c", "echo exec in $(hostname)"],
+        "env": ["PATH=/bin"],
+        "cwd": "/",
+        "user": {"uid": 0, "gid": 0}
+    }))
+    .unwrap();
+    client.exec_process(ctx(), &exec).unwrap();
+    assert_eq!(
+        read_until(&client, "e1", "\n"),
+        format!("exec in {CONTAINER}\n")
+    );
+    assert_eq!(wait(&client, "e1"), 0);
+    steps.mark("ExecProcess + output + wait");
+
+    // Let the init process finish: it reads one line, then exits 0.
+    let mut stdin = WriteStreamRequest::new();
+    stdin.container_id = CONTAINER.into();
+    stdin.data = b"done\n".to_vec();
+    client.write_stdin(ctx(), &stdin).unwrap();
+    assert_eq!(wait(&client, ""), 0);
+    steps.mark("init exits 0 (WaitProcess)");
+
+    // Bad input gets a clear error and changes nothing.
+    let mut bad = ExecProcessRequest::new();
+    bad.container_id = "missing".into();
+    bad.exec_id = "e2".into();
+    bad.oci_process_json = exec.oci_process_json.clone();
+    let err = client.exec_process(ctx(), &bad).unwrap_err();
+    assert!(format!("{err:?}").contains("missing"), "{err:?}");
+
+    let mut remove = RemoveContainerRequest::new();
+    remove.container_id = CONTAINER.into();
+    client.remove_container(ctx(), &remove).unwrap();
+    steps.mark("RemoveContainer");
+
+    client.destroy_sandbox(ctx(), &Empty::new()).unwrap();
+    let exit = vmm.wait_exit(Some(Duration::from_secs(120)));
+    steps.mark("DestroySandbox -> VM exit");
+    let console = std::fs::read_to_string(&console).unwrap_or_default();
+    let exit = exit.unwrap_or_else(|| panic!("VM still running; console:\n{console}"));
+    assert_eq!(
+        exit.reason,
+        ExitReason::GuestShutdown,
+        "console:\n{console}"
+    );
+    // The container's rootfs on the host is intact.
+    assert!(share.join(CONTAINER).join("bin/busybox").exists());
+    let _ = std::fs::remove_dir_all(&scratch);
+}
