@@ -107,14 +107,16 @@ def run(cmd, guest_bytes, markers=(), env=None):
     return result
 
 
-def qemu_microvm(kernel, initrd, cmdline, memory_mib, extra=(), qemu="qemu-system-x86_64"):
+def qemu_microvm(kernel, initrd, cmdline, memory_mib, extra=(), qemu="qemu-system-x86_64",
+                 machine_options=""):
     """The QEMU peer: microvm with virtio-mmio, no option ROMs, named
     threads (so vCPU time can be told apart), serial
     console on stdio, an i8042 for the guest's reset (reboot=k), exit on
     guest reset. `-cpu host` minus arch-capabilities, which this host's
     KVM cannot set."""
     return [qemu, "-name", "bench,debug-threads=on",
-            "-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on",
+            "-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on"
+            + (f",{machine_options}" if machine_options else ""),
             "-device", "i8042",
             "-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", str(memory_mib), "-smp", "1",
             "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
