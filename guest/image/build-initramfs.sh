@@ -32,22 +32,8 @@ core_applets="sh ash cat ls echo printf mount umount mkdir rmdir rm cp mv ln
 log() { printf 'initramfs: %s\n' "$*" >&2; }
 die() { printf 'initramfs: ERROR: %s\n' "$*" >&2; exit 1; }
 
-apt_updated=
-apt_install() {
-    local missing=()
-    for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
-            || missing+=("$p")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    [ "$(id -u)" -eq 0 ] || die "missing packages: ${missing[*]} (run as root or install them)"
-    log "installing ${missing[*]}"
-    if [ -z "$apt_updated" ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        apt_updated=1
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-}
+# shellcheck source=../../scripts/apt-install.sh
+source "$repo/scripts/apt-install.sh"
 apt_install busybox-static gcc libc6-dev python3
 
 "$busybox" --list-full >/dev/null 2>&1 || die "$busybox is not a working busybox"
