@@ -10,7 +10,6 @@
 //! in the child of a threaded program, so the child may format messages;
 //! it never touches the agent's locks or logging.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -21,7 +20,8 @@ use nix::sched::CloneFlags;
 use nix::unistd::{ForkResult, Gid, Uid};
 
 use crate::mounts::MountOptions;
-use crate::security::{self, CapSets, Rlimit};
+use crate::security;
+use crate::spec::ProcessSetup;
 use crate::stdio::ChildStdio;
 use crate::user::ResolvedUser;
 
@@ -68,17 +68,9 @@ pub struct RootfsPlan {
 
 /// Everything the child needs, computed before fork.
 pub struct SpawnPlan {
-    pub args: Vec<CString>,
-    /// Paths to try for args[0] (PATH search done in advance).
-    pub exec_candidates: Vec<CString>,
-    pub env: Vec<CString>,
-    pub cwd: PathBuf,
-    pub user: ResolvedUser,
-    pub caps: Option<CapSets>,
-    pub rlimits: Vec<Rlimit>,
-    pub no_new_privileges: bool,
+    /// What the OCI process asks for (args, env, user, capabilities, ...).
+    pub process: ProcessSetup,
     pub seccomp: Vec<seccompiler::BpfProgram>,
-    pub oom_score_adj: Option<i32>,
     /// Existing namespaces to join (the mount namespace last).
     pub join: Vec<(File, CloneFlags)>,
     /// New namespaces.
@@ -244,28 +236,28 @@ fn child_setup(plan: &SpawnPlan, sync: &mut File) -> Result<std::convert::Infall
         std::fs::write(path, value).map_err(|e| format!("sysctl {}: {e}", path.display()))?;
     }
     setup_stdio(&plan.stdio)?;
-    if let Some(adj) = plan.oom_score_adj {
+    if let Some(adj) = plan.process.oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .map_err(|e| format!("oom_score_adj: {e}"))?;
     }
-    security::apply_rlimits(&plan.rlimits).map_err(|e| e.to_string())?;
-    if let Some(caps) = &plan.caps {
+    security::apply_rlimits(&plan.process.rlimits).map_err(|e| e.to_string())?;
+    if let Some(caps) = &plan.process.caps {
         caps.apply_bounding().map_err(|e| e.to_string())?;
     }
-    if !plan.no_new_privileges {
+    if !plan.process.no_new_privileges {
         // Without no_new_privs the filter needs CAP_SYS_ADMIN: install it
         // while the process still has it.
         crate::seccomp::install(&plan.seccomp).map_err(|e| e.to_string())?;
     }
-    switch_user(&plan.user)?;
-    if let Some(caps) = &plan.caps {
+    switch_user(&plan.process.user)?;
+    if let Some(caps) = &plan.process.caps {
         caps.apply().map_err(|e| e.to_string())?;
     }
     sys(
-        || format!("cwd {}", plan.cwd.display()),
-        nix::unistd::chdir(&plan.cwd),
+        || format!("cwd {}", plan.process.cwd.display()),
+        nix::unistd::chdir(&plan.process.cwd),
     )?;
-    if plan.no_new_privileges {
+    if plan.process.no_new_privileges {
         // SAFETY: prctl with integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
@@ -292,12 +284,12 @@ fn child_setup(plan: &SpawnPlan, sync: &mut File) -> Result<std::convert::Infall
             _ => unsafe { libc::_exit(0) },
         }
     }
-    if plan.no_new_privileges {
+    if plan.process.no_new_privileges {
         crate::seccomp::install(&plan.seccomp).map_err(|e| e.to_string())?;
     }
     let mut last = nix::Error::ENOENT;
-    for path in &plan.exec_candidates {
-        let e = nix::unistd::execve(path, &plan.args, &plan.env).unwrap_err();
+    for path in &plan.process.exec_candidates {
+        let e = nix::unistd::execve(path, &plan.process.args, &plan.process.env).unwrap_err();
         match e {
             nix::Error::ENOENT | nix::Error::ENOTDIR => {}
             nix::Error::EACCES => last = e,
@@ -309,7 +301,8 @@ fn child_setup(plan: &SpawnPlan, sync: &mut File) -> Result<std::convert::Infall
     }
     Err(format!(
         "exec {:?}: {}",
-        plan.args
+        plan.process
+            .args
             .first()
             .map(|a| a.to_string_lossy().into_owned())
             .unwrap_or_default(),
