@@ -19,7 +19,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::{VmState, VmmAction, VmmData, VmmError};
-use crate::builder::{BuildError, Machine};
+use crate::builder::Machine;
 use crate::config::{ConsoleConfig, VmConfig};
 use crate::exit::{ExitReason, ExitSender};
 use crate::timeline::{Milestone, Timeline, TimelineReport};
@@ -315,7 +315,7 @@ impl Controller {
             });
         };
         let mut machine = Machine::build(config, &self.timeline, &self.exits)?;
-        machine.start().map_err(BuildError::from)?;
+        machine.start()?;
         if config.console == ConsoleConfig::Stdio {
             // Best effort: stdin may be a file or closed, then no input.
             let _ = ops.add(Events::empty_raw(STDIN_FD).with_set(EventSet::IN));

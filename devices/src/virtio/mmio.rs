@@ -299,7 +299,7 @@ impl BusDevice for MmioTransport {
         }
         data.fill(0);
         // Registers are 32 bits wide and naturally aligned (4.2.2.2).
-        if data.len() == 4 && offset % 4 == 0 {
+        if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_register(offset).to_le_bytes());
         }
     }

@@ -116,8 +116,10 @@ pub fn write_boot_params(
     cmdline_len: usize,
     initrd: Option<Initrd>,
 ) -> Result<()> {
-    let mut params = boot_params::default();
-    params.hdr = header.unwrap_or_default();
+    let mut params = boot_params {
+        hdr: header.unwrap_or_default(),
+        ..Default::default()
+    };
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;

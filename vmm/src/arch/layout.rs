@@ -70,6 +70,13 @@ pub fn low_ram_end(mem_size: u64) -> u64 {
     mem_size.min(MMIO_GAP_START)
 }
 
+// The boot stack sits between the zero page and the page tables, and the
+// MP table and command line stay inside the legacy low megabyte.
+const _: () =
+    assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
+const _: () = assert!(MPTABLE_START + MPTABLE_MAX_SIZE <= HIMEM_START);
+const _: () = assert!(CMDLINE_START + (CMDLINE_MAX_SIZE as u64) < EBDA_START);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,8 +114,5 @@ mod tests {
         for pair in areas.windows(2) {
             assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{pair:x?}");
         }
-        assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
-        assert!(MPTABLE_START + MPTABLE_MAX_SIZE <= HIMEM_START);
-        assert!(CMDLINE_START + (CMDLINE_MAX_SIZE as u64) < EBDA_START);
     }
 }
