@@ -21,6 +21,7 @@ use skiff_vmm::{ConsoleConfig, ExitReason, VmConfig, VmState, VmmHandle};
 const SHARE_TAG: &str = "rootfs";
 const SHARE_IN_GUEST: &str = "/run/skiff/shared";
 const CONTAINER: &str = "c1";
+const OOM_CONTAINER: &str = "oom";
 
 fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(Duration::from_secs(120).as_nanos() as i64)
@@ -43,6 +44,10 @@ fn busybox_rootfs(dir: &Path) {
 }
 
 fn spec(args: &[&str]) -> serde_json::Value {
+    spec_for(CONTAINER, args)
+}
+
+fn spec_for(id: &str, args: &[&str]) -> serde_json::Value {
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -53,8 +58,8 @@ fn spec(args: &[&str]) -> serde_json::Value {
             "cwd": "/",
             "noNewPrivileges": true
         },
-        "root": {"path": format!("{SHARE_IN_GUEST}/{CONTAINER}")},
-        "hostname": CONTAINER,
+        "root": {"path": format!("{SHARE_IN_GUEST}/{id}")},
+        "hostname": id,
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
@@ -106,6 +111,7 @@ fn agent_runs_a_container_from_a_virtio_fs_rootfs() {
     let _ = std::fs::remove_dir_all(&scratch);
     let share = scratch.join("share");
     busybox_rootfs(&share.join(CONTAINER));
+    busybox_rootfs(&share.join(OOM_CONTAINER));
     let console = scratch.join("console.log");
 
     let mut steps = Steps(Instant::now(), Vec::new());
@@ -162,7 +168,7 @@ fn agent_runs_a_container_from_a_virtio_fs_rootfs() {
     create.container_id = CONTAINER.into();
     create.oci_spec_json =
         serde_json::to_vec(&spec(&["sh", "-c", "echo hello; read line; exit 0"])).unwrap();
-    create.storages.push(storage);
+    create.storages.push(storage.clone());
     client.create_container(ctx(), &create).unwrap();
     steps.mark("CreateContainer");
 
@@ -211,6 +217,32 @@ fn agent_runs_a_container_from_a_virtio_fs_rootfs() {
     remove.container_id = CONTAINER.into();
     client.remove_container(ctx(), &remove).unwrap();
     steps.mark("RemoveContainer");
+
+    // A memory limit from the spec is enforced by the guest's cgroup v2 and
+    // reported as an OOM event: the shell doubles a string until killed.
+    let mut oom_spec = spec_for(
+        OOM_CONTAINER,
+        &["sh", "-c", "x=a; while :; do x=$x$x; done"],
+    );
+    oom_spec["linux"]["resources"] = json!({"memory": {"limit": 16 << 20}});
+    let mut create = CreateContainerRequest::new();
+    create.container_id = OOM_CONTAINER.into();
+    create.oci_spec_json = serde_json::to_vec(&oom_spec).unwrap();
+    create.storages.push(storage);
+    client.create_container(ctx(), &create).unwrap();
+    let mut start = ContainerRequest::new();
+    start.container_id = OOM_CONTAINER.into();
+    client.start_container(ctx(), &start).unwrap();
+    let mut wait_oom = ProcessRequest::new();
+    wait_oom.container_id = OOM_CONTAINER.into();
+    let status = client.wait_process(ctx(), &wait_oom).unwrap().exit_status;
+    assert_eq!(status, 128 + 9, "the memory hog was not OOM-killed");
+    let event = client.get_oom_event(ctx(), &Empty::new()).unwrap();
+    assert_eq!(event.container_id, OOM_CONTAINER);
+    let mut remove = RemoveContainerRequest::new();
+    remove.container_id = OOM_CONTAINER.into();
+    client.remove_container(ctx(), &remove).unwrap();
+    steps.mark("memory limit: OOM kill + OomEvent");
 
     client.destroy_sandbox(ctx(), &Empty::new()).unwrap();
     let exit = vmm.wait_exit(Some(Duration::from_secs(120)));
