@@ -21,6 +21,7 @@ Usage: scripts/bench_devices.py [--runs N] [--blk-mib M] [--net-mib M] [--vsock-
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -125,6 +126,13 @@ def inside_netns(args):
     initrd = os.path.join(REPO, "build/guest/initramfs-debug.cpio")
     vm_run = os.path.join(REPO, "target/release/vm-run")
     work = tempfile.mkdtemp(prefix="skiff-bench-")
+    try:
+        run_phases(args, kernel, initrd, vm_run, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_phases(args, kernel, initrd, vm_run, work):
     image = os.path.join(work, "disk.img")
     with open(image, "wb") as f:
         f.write(os.urandom(args.blk_mib << 20))

@@ -104,10 +104,20 @@ impl Steps {
     }
 }
 
+/// Removes the test's scratch directory however the test ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn agent_runs_a_container_from_a_virtio_fs_rootfs() {
-    let scratch: PathBuf =
-        std::env::temp_dir().join(format!("skiff-agent-vm-{}", std::process::id()));
+    let scratch_dir =
+        Scratch(std::env::temp_dir().join(format!("skiff-agent-vm-{}", std::process::id())));
+    let scratch = scratch_dir.0.clone();
     let _ = std::fs::remove_dir_all(&scratch);
     let share = scratch.join("share");
     busybox_rootfs(&share.join(CONTAINER));
@@ -256,5 +266,4 @@ fn agent_runs_a_container_from_a_virtio_fs_rootfs() {
     );
     // The container's rootfs on the host is intact.
     assert!(share.join(CONTAINER).join("bin/busybox").exists());
-    let _ = std::fs::remove_dir_all(&scratch);
 }
