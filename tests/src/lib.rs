@@ -5,6 +5,8 @@
 //! the guest kernel a boot takes tens of seconds, so each test boots once
 //! and checks many things in that boot.
 
+pub mod containerd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

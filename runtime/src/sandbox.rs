@@ -1,0 +1,500 @@
+//! A pod's sandbox: its VM, booted by the VMM in this process, the agent
+//! connection to the guest reached through the VMM's in-process vsock
+//! connector, and the shared directory that carries container root
+//! filesystems into the guest.
+
+use std::os::fd::IntoRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use oci_spec::runtime::Spec;
+use skiff_agent_protocol::agent::{
+    CheckRequest, ContainerRequest, CreateContainerRequest, CreateSandboxRequest, Empty,
+    RemoveContainerRequest, SetGuestDateTimeRequest, Storage, StorageDriver,
+};
+use skiff_agent_protocol::agent_ttrpc::AgentServiceClient;
+use skiff_agent_protocol::ttrpc;
+use skiff_agent_protocol::DEFAULT_VSOCK_PORT;
+use skiff_vmm::config::{
+    default_cmdline, host_has_hardware_virt, DeviceConfig, FsConfig, VsockConfig,
+};
+use skiff_vmm::timeline::Milestone;
+use skiff_vmm::{ConsoleConfig, VmConfig, VmState, VmmError, VmmHandle};
+
+use crate::config::{ConfigError, RuntimeConfig};
+use crate::persist::{self, ContainerState, PersistError, SandboxState};
+use crate::share::{self, ShareError};
+use crate::spec::{self, SpecError, ROOTFS_DIR};
+
+/// virtio-fs tag of the sandbox's shared directory.
+pub const SHARE_TAG: &str = "skiffshared";
+/// Where the guest mounts the shared directory.
+pub const GUEST_SHARE_DIR: &str = "/run/skiff/shared";
+const GUEST_CID: u32 = 3;
+const CONSOLE_LOG: &str = "console.log";
+/// Console lines quoted in an error when the guest never answered.
+const CONSOLE_TAIL_LINES: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    #[error("sandbox {id} is already running in shim process {pid}")]
+    AlreadyRunning { id: String, pid: u32 },
+    #[error("prepare {path}: {err}")]
+    Prepare { path: PathBuf, err: std::io::Error },
+    #[error("VMM: {0}")]
+    Vmm(#[from] VmmError),
+    #[error("the guest agent did not answer within {secs} s (VM {state}); guest console:\n{console}")]
+    AgentTimeout {
+        secs: u64,
+        state: String,
+        console: String,
+    },
+    #[error("agent {call}: {err}")]
+    Agent {
+        call: &'static str,
+        err: ttrpc::Error,
+    },
+    #[error("container {0} is not in this sandbox")]
+    NoSuchContainer(String),
+}
+
+fn agent_err(call: &'static str) -> impl FnOnce(ttrpc::Error) -> SandboxError {
+    move |err| SandboxError::Agent { call, err }
+}
+
+/// Wall-clock milliseconds of the boot steps, for the shim's log.
+#[derive(Clone, Debug, Default)]
+pub struct BootTimeline {
+    pub steps: Vec<(&'static str, f64)>,
+}
+
+impl std::fmt::Display for BootTimeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (step, ms)) in self.steps.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{step} {ms:.1} ms")?;
+        }
+        Ok(())
+    }
+}
+
+/// A running sandbox VM.
+pub struct Sandbox {
+    id: String,
+    dir: PathBuf,
+    share: PathBuf,
+    request_timeout: Duration,
+    vmm: VmmHandle,
+    agent: AgentServiceClient,
+    state: Mutex<SandboxState>,
+    timeline: BootTimeline,
+}
+
+/// Undoes a half-made sandbox unless disarmed.
+struct Undo<'a>(Option<&'a Path>);
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0 {
+            if let Err(e) = remove_sandbox_dir(dir) {
+                tracing::error!("clean up {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+/// Unmounts everything below a sandbox's state directory and removes it.
+fn remove_sandbox_dir(dir: &Path) -> Result<(), SandboxError> {
+    share::unmount_tree(dir)?;
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(SandboxError::Prepare {
+            path: dir.into(),
+            err,
+        }),
+    }
+}
+
+impl Sandbox {
+    /// Boots the sandbox `id` and waits for its agent. `origin` is when
+    /// the request that asked for it arrived (the timeline's zero).
+    /// On error nothing is left: no VM, mount or state directory.
+    pub fn boot(
+        id: &str,
+        hostname: &str,
+        config: &RuntimeConfig,
+        origin: Instant,
+    ) -> Result<Self, SandboxError> {
+        config.validate()?;
+        let dir = persist::sandbox_dir(Path::new(persist::STATE_ROOT), id)?;
+        if dir.exists() {
+            match SandboxState::load(&dir) {
+                Ok(old) if old.shim_pid != std::process::id() && persist::shim_alive(old.shim_pid) => {
+                    return Err(SandboxError::AlreadyRunning {
+                        id: id.into(),
+                        pid: old.shim_pid,
+                    })
+                }
+                _ => {
+                    tracing::warn!("removing stale state of sandbox {id}");
+                    remove_sandbox_dir(&dir)?;
+                }
+            }
+        }
+        let share = dir.join("shared");
+        std::fs::create_dir_all(&share).map_err(|err| SandboxError::Prepare {
+            path: share.clone(),
+            err,
+        })?;
+        let mut undo = Undo(Some(&dir));
+        let state = SandboxState {
+            sandbox_id: id.into(),
+            shim_pid: std::process::id(),
+            share_dir: share.clone(),
+            containers: Vec::new(),
+            taps: Vec::new(),
+        };
+        state.save(&dir)?;
+
+        let hv = &config.hypervisor;
+        let mut cmdline = default_cmdline(host_has_hardware_virt());
+        if hv.debug_console {
+            cmdline = cmdline.replace(" quiet", "");
+        }
+        if !hv.kernel_params.is_empty() {
+            cmdline = format!("{cmdline} {}", hv.kernel_params);
+        }
+        let console = dir.join(CONSOLE_LOG);
+        let vmm = VmmHandle::spawn(origin)?;
+        vmm.configure(VmConfig {
+            kernel: hv.kernel.clone(),
+            initrd: Some(hv.initrd.clone()),
+            cmdline,
+            vcpus: hv.vcpus,
+            memory_mib: hv.memory_mib,
+            console: ConsoleConfig::File(console.clone()),
+            devices: vec![
+                DeviceConfig::Vsock(VsockConfig {
+                    guest_cid: GUEST_CID,
+                    socket: dir.join("vsock.sock"),
+                }),
+                DeviceConfig::Fs(FsConfig {
+                    tag: SHARE_TAG.into(),
+                    path: share.clone(),
+                    read_only: false,
+                    cache: config.shared_fs.cache_policy()?,
+                }),
+            ],
+        })?;
+        vmm.start()?;
+        let agent = connect_agent(&vmm, config.agent.boot_timeout_secs, &console)?;
+        let mut timeline = BootTimeline::default();
+        let report = vmm.timeline();
+        for milestone in [
+            Milestone::VmCreated,
+            Milestone::KernelLoaded,
+            Milestone::FirstKvmRun,
+            Milestone::GuestInit,
+        ] {
+            if let Some(mark) = report.get(milestone) {
+                timeline.steps.push((milestone.label(), mark.wall_ms));
+            }
+        }
+        timeline.steps.push(("agent ready", ms_since(origin)));
+
+        let request_timeout = Duration::from_secs(config.agent.request_timeout_secs);
+        let sandbox = Self {
+            id: id.into(),
+            dir: dir.clone(),
+            share,
+            request_timeout,
+            vmm,
+            agent,
+            state: Mutex::new(state),
+            timeline,
+        };
+        sandbox.set_guest_clock()?;
+        let mut storage = Storage::new();
+        storage.driver = StorageDriver::STORAGE_DRIVER_VIRTIO_FS.into();
+        storage.source = SHARE_TAG.into();
+        storage.mount_point = GUEST_SHARE_DIR.into();
+        let mut req = CreateSandboxRequest::new();
+        req.sandbox_id = id.into();
+        req.hostname = hostname.into();
+        req.storages.push(storage);
+        sandbox
+            .agent
+            .create_sandbox(sandbox.ctx(), &req)
+            .map_err(agent_err("CreateSandbox"))?;
+        undo.0 = None;
+        Ok(sandbox)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn timeline(&self) -> &BootTimeline {
+        &self.timeline
+    }
+
+    /// The agent client; cheap to clone, safe to use from many threads.
+    pub fn agent(&self) -> &AgentServiceClient {
+        &self.agent
+    }
+
+    /// A context with the configured deadline, for calls that do not wait
+    /// for a process.
+    pub fn ctx(&self) -> ttrpc::context::Context {
+        ttrpc::context::with_timeout(self.request_timeout.as_nanos() as i64)
+    }
+
+    pub fn vmm(&self) -> &VmmHandle {
+        &self.vmm
+    }
+
+    /// The guest has no battery-backed clock: give it the host's time.
+    fn set_guest_clock(&self) -> Result<(), SandboxError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut req = SetGuestDateTimeRequest::new();
+        req.seconds = now.as_secs() as i64;
+        req.microseconds = now.subsec_micros() as i64;
+        self.agent
+            .set_guest_date_time(self.ctx(), &req)
+            .map(drop)
+            .map_err(agent_err("SetGuestDateTime"))
+    }
+
+    fn host_dir(&self, container_id: &str) -> PathBuf {
+        self.share.join(container_id)
+    }
+
+    fn save_state(&self, update: impl FnOnce(&mut SandboxState)) -> Result<(), SandboxError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        update(&mut state);
+        state.save(&self.dir)?;
+        Ok(())
+    }
+
+    /// Shares the container's rootfs (`rootfs`, already mounted on the
+    /// host) and the host paths its spec binds in, then creates it in the
+    /// guest. On error everything made for it is undone.
+    pub fn create_container(
+        &self,
+        container_id: &str,
+        bundle: &Path,
+        rootfs: &Path,
+        spec: Spec,
+    ) -> Result<(), SandboxError> {
+        persist::check_id(container_id)?;
+        let guest_dir = Path::new(GUEST_SHARE_DIR).join(container_id);
+        let guest = spec::for_guest(spec, &guest_dir)?;
+        let host_dir = self.host_dir(container_id);
+        let mut mounts = vec![host_dir.join(ROOTFS_DIR)];
+        mounts.extend(guest.binds.iter().map(|b| host_dir.join(&b.share_path)));
+        // Recorded before mounting: a crash in between leaves a list that
+        // cleanup walks harmlessly.
+        self.save_state(|s| {
+            s.containers.push(ContainerState {
+                id: container_id.into(),
+                bundle: bundle.into(),
+                mounts,
+            })
+        })?;
+        let result = (|| {
+            share::bind(rootfs, &host_dir.join(ROOTFS_DIR), false)?;
+            for bind in &guest.binds {
+                share::bind(&bind.source, &host_dir.join(&bind.share_path), bind.read_only)?;
+            }
+            let mut req = CreateContainerRequest::new();
+            req.container_id = container_id.into();
+            req.oci_spec_json = serde_json::to_vec(&guest.spec).expect("spec serialises");
+            self.agent
+                .create_container(self.ctx(), &req)
+                .map_err(agent_err("CreateContainer"))?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = self.unshare(container_id);
+        }
+        result
+    }
+
+    pub fn start_container(&self, container_id: &str) -> Result<(), SandboxError> {
+        let mut req = ContainerRequest::new();
+        req.container_id = container_id.into();
+        self.agent
+            .start_container(self.ctx(), &req)
+            .map(drop)
+            .map_err(agent_err("StartContainer"))
+    }
+
+    /// Removes the container from the guest and its share from the host.
+    pub fn remove_container(&self, container_id: &str) -> Result<(), SandboxError> {
+        let mut req = RemoveContainerRequest::new();
+        req.container_id = container_id.into();
+        let removed = self
+            .agent
+            .remove_container(self.ctx(), &req)
+            .map(drop)
+            .map_err(agent_err("RemoveContainer"));
+        self.unshare(container_id)?;
+        removed
+    }
+
+    fn unshare(&self, container_id: &str) -> Result<(), SandboxError> {
+        let host_dir = self.host_dir(container_id);
+        share::unmount_tree(&host_dir)?;
+        let _ = std::fs::remove_dir_all(&host_dir);
+        self.save_state(|s| s.containers.retain(|c| c.id != container_id))
+    }
+
+    /// Asks the guest to power off, waits a little, then stops the VM and
+    /// removes every trace of the sandbox on the host.
+    pub fn shutdown(&self) -> Result<(), SandboxError> {
+        let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
+        if self.agent.destroy_sandbox(ctx, &Empty::new()).is_ok() {
+            self.vmm.wait_exit(Some(Duration::from_secs(10)));
+        }
+        // Already stopped is fine; the VMM thread ends when this is dropped.
+        let _ = self.vmm.stop();
+        remove_sandbox_dir(&self.dir)
+    }
+}
+
+fn ms_since(origin: Instant) -> f64 {
+    origin.elapsed().as_secs_f64() * 1e3
+}
+
+/// Connects to the agent's vsock port until it answers a health check,
+/// the VM ends, or the deadline passes.
+fn connect_agent(
+    vmm: &VmmHandle,
+    timeout_secs: u64,
+    console: &Path,
+) -> Result<AgentServiceClient, SandboxError> {
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+    loop {
+        let state = vmm.state()?;
+        if state == VmState::Running {
+            if let Ok(stream) = vmm.vsock_connect(DEFAULT_VSOCK_PORT) {
+                let client = ttrpc::Client::new(stream.into_raw_fd())
+                    .map(AgentServiceClient::new)
+                    .map_err(agent_err("connect"))?;
+                let ctx = ttrpc::context::with_timeout(Duration::from_secs(30).as_nanos() as i64);
+                if client.check(ctx, &CheckRequest::new()).is_ok() {
+                    return Ok(client);
+                }
+            }
+        }
+        if state != VmState::Running || Instant::now() >= deadline {
+            return Err(SandboxError::AgentTimeout {
+                secs: timeout_secs,
+                state: format!("{state:?}"),
+                console: console_tail(console),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn console_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n")
+}
+
+/// What `shim delete` found and removed for a sandbox whose shim is gone.
+#[derive(Debug, Default)]
+pub struct Cleanup {
+    pub removed_state: bool,
+}
+
+/// Cleans up after the shim that ran sandbox `id` died: its VM died with
+/// it, so every mount, tap device and the state directory go. Does
+/// nothing when the shim is alive (it cleans up itself) or when there is
+/// no state.
+pub fn cleanup_dead_sandbox(id: &str) -> Result<Cleanup, SandboxError> {
+    let dir = persist::sandbox_dir(Path::new(persist::STATE_ROOT), id)?;
+    if !dir.exists() {
+        return Ok(Cleanup::default());
+    }
+    if let Ok(state) = SandboxState::load(&dir) {
+        if state.shim_pid != std::process::id() && persist::shim_alive(state.shim_pid) {
+            return Ok(Cleanup::default());
+        }
+    }
+    remove_sandbox_dir(&dir)?;
+    Ok(Cleanup {
+        removed_state: true,
+    })
+}
+
+/// The CRI annotations that group containers into pods.
+pub mod annotations {
+    pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+    pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+    pub const TYPE_SANDBOX: &str = "sandbox";
+    pub const TYPE_CONTAINER: &str = "container";
+}
+
+/// The sandbox a container belongs to: its CRI pod's, or (for a plain
+/// `ctr run`, without CRI annotations) a sandbox of its own.
+pub fn sandbox_id_of(spec: &Spec, container_id: &str) -> String {
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    match annotations.get(annotations::CONTAINER_TYPE).map(String::as_str) {
+        Some(annotations::TYPE_CONTAINER) => annotations
+            .get(annotations::SANDBOX_ID)
+            .cloned()
+            .unwrap_or_else(|| container_id.into()),
+        _ => container_id.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_containers_join_their_pod_and_others_stand_alone() {
+        let with = |ann: serde_json::Value| -> Spec {
+            serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "root": {"path": "rootfs"},
+                "annotations": ann
+            }))
+            .unwrap()
+        };
+        let app = with(serde_json::json!({
+            annotations::CONTAINER_TYPE: "container",
+            annotations::SANDBOX_ID: "pod1"
+        }));
+        assert_eq!(sandbox_id_of(&app, "c1"), "pod1");
+        let pod = with(serde_json::json!({
+            annotations::CONTAINER_TYPE: "sandbox",
+            annotations::SANDBOX_ID: "pod1"
+        }));
+        assert_eq!(sandbox_id_of(&pod, "pod1"), "pod1");
+        assert_eq!(sandbox_id_of(&with(serde_json::json!({})), "c9"), "c9");
+    }
+
+    #[test]
+    fn timeline_reads_as_one_line() {
+        let t = BootTimeline {
+            steps: vec![("VM created", 1.25), ("agent ready", 20000.0)],
+        };
+        assert_eq!(t.to_string(), "VM created 1.2 ms, agent ready 20000.0 ms");
+    }
+}

@@ -1,0 +1,243 @@
+//! Turns the OCI spec containerd wrote for the host into the one the guest
+//! agent runs: paths as the guest sees them, and nothing that only makes
+//! sense on the host (hooks, host namespace paths, host cgroup paths).
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("invalid OCI spec {path}: {err}")]
+    Load {
+        path: PathBuf,
+        err: oci_spec::OciSpecError,
+    },
+    #[error("the OCI spec has no {0}")]
+    Missing(&'static str),
+    #[error("mount source {source_path} for {destination} does not exist on the host")]
+    MissingMountSource {
+        source_path: PathBuf,
+        destination: PathBuf,
+    },
+    #[error("user namespaces are not supported in a Skiff sandbox")]
+    UserNamespace,
+}
+
+/// A host file or directory the guest needs: bind-mounted into the
+/// container's share directory at `share_path` (relative to it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostBind {
+    pub source: PathBuf,
+    pub share_path: PathBuf,
+    pub read_only: bool,
+}
+
+/// The guest's spec and the host paths it needs shared.
+#[derive(Debug)]
+pub struct GuestSpec {
+    pub spec: Spec,
+    pub binds: Vec<HostBind>,
+}
+
+/// Where a container's rootfs is in its share directory.
+pub const ROOTFS_DIR: &str = "rootfs";
+const MOUNTS_DIR: &str = "mounts";
+/// The guest's terminal devices, where the agent opens process terminals.
+const GUEST_DEVPTS: &str = "/dev/pts";
+
+pub fn load(bundle: &Path) -> Result<Spec, SpecError> {
+    let path = bundle.join("config.json");
+    Spec::load(&path).map_err(|err| SpecError::Load { path, err })
+}
+
+fn is_bind(mount: &Mount) -> bool {
+    mount.typ().as_deref() == Some("bind")
+        || mount
+            .options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind")
+}
+
+/// Adapts `spec` for a container whose share directory the guest sees at
+/// `guest_dir` (its rootfs at `guest_dir/rootfs`).
+pub fn for_guest(mut spec: Spec, guest_dir: &Path) -> Result<GuestSpec, SpecError> {
+    if spec.process().is_none() {
+        return Err(SpecError::Missing("process"));
+    }
+    let mut root = spec.root().clone().ok_or(SpecError::Missing("root"))?;
+    root.set_path(guest_dir.join(ROOTFS_DIR));
+    spec.set_root(Some(root));
+    spec.set_hooks(None);
+
+    let mut binds = Vec::new();
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (index, mount) in mounts.iter_mut().enumerate() {
+        let destination = mount.destination().clone();
+        if mount.typ().as_deref() == Some("cgroup") {
+            // The guest has only the unified hierarchy.
+            mount.set_typ(Some("cgroup2".into()));
+            mount.set_source(Some("cgroup2".into()));
+            continue;
+        }
+        if mount.typ().as_deref() == Some("devpts") {
+            // The agent allocates terminals in the guest's /dev/pts; a new
+            // devpts instance would hide them from the container (`tty`
+            // says "not a tty"). The VM is the pod's isolation boundary.
+            mount.set_typ(Some("bind".into()));
+            mount.set_source(Some(GUEST_DEVPTS.into()));
+            mount.set_options(Some(vec!["rbind".into(), "nosuid".into(), "noexec".into()]));
+            continue;
+        }
+        if !is_bind(mount) {
+            continue;
+        }
+        if destination == Path::new("/dev/shm") {
+            // The host's shm would not be shared memory with the guest.
+            mount.set_typ(Some("tmpfs".into()));
+            mount.set_source(Some("shm".into()));
+            mount.set_options(Some(vec!["nosuid".into(), "noexec".into(), "nodev".into()]));
+            continue;
+        }
+        let source = mount.source().clone().unwrap_or_default();
+        if !source.exists() {
+            return Err(SpecError::MissingMountSource {
+                source_path: source,
+                destination,
+            });
+        }
+        let share_path = Path::new(MOUNTS_DIR).join(index.to_string());
+        let read_only = mount.options().iter().flatten().any(|o| o == "ro");
+        mount.set_source(Some(guest_dir.join(&share_path)));
+        binds.push(HostBind {
+            source,
+            share_path,
+            read_only,
+        });
+    }
+    spec.set_mounts(Some(mounts));
+
+    if let Some(mut linux) = spec.linux().clone() {
+        let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+        if namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::User) {
+            return Err(SpecError::UserNamespace);
+        }
+        // The guest's network namespace is the pod's network; the host's
+        // namespace paths mean nothing inside the VM.
+        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+        for ns in &mut namespaces {
+            ns.set_path(None);
+        }
+        linux.set_namespaces(Some(namespaces));
+        // The agent places the container in the guest's cgroup tree.
+        linux.set_cgroups_path(None);
+        spec.set_linux(Some(linux));
+    }
+    Ok(GuestSpec { spec, binds })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(value: serde_json::Value) -> Spec {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn base() -> serde_json::Value {
+        json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs", "readonly": true},
+            "hooks": {"prestart": [{"path": "/usr/bin/hook"}]},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["newinstance"]},
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro"]},
+                {"destination": "/dev/shm", "type": "bind", "source": "/run/containerd/shm", "options": ["rbind"]},
+                {"destination": "/etc/hostname", "type": "bind", "source": "/etc/hostname", "options": ["rbind", "ro"]}
+            ],
+            "linux": {
+                "cgroupsPath": "/default/c1",
+                "namespaces": [
+                    {"type": "pid"},
+                    {"type": "network", "path": "/var/run/netns/cni-1"},
+                    {"type": "ipc", "path": "/proc/42/ns/ipc"},
+                    {"type": "mount"}
+                ]
+            }
+        })
+    }
+
+    #[test]
+    fn paths_become_the_guests_and_host_only_parts_go() {
+        let guest = for_guest(spec(base()), Path::new("/run/skiff/shared/c1")).unwrap();
+        let s = &guest.spec;
+        let root = s.root().as_ref().unwrap();
+        assert_eq!(root.path(), Path::new("/run/skiff/shared/c1/rootfs"));
+        assert_eq!(root.readonly(), Some(true));
+        assert!(s.hooks().is_none());
+
+        let mounts = s.mounts().as_ref().unwrap();
+        assert_eq!(mounts[1].typ().as_deref(), Some("bind"));
+        assert_eq!(mounts[1].source().as_deref(), Some(Path::new("/dev/pts")));
+        assert_eq!(mounts[2].typ().as_deref(), Some("cgroup2"));
+        assert_eq!(mounts[3].typ().as_deref(), Some("tmpfs"));
+        assert_eq!(
+            mounts[4].source().as_deref(),
+            Some(Path::new("/run/skiff/shared/c1/mounts/4"))
+        );
+        assert_eq!(
+            guest.binds,
+            vec![HostBind {
+                source: "/etc/hostname".into(),
+                share_path: "mounts/4".into(),
+                read_only: true,
+            }]
+        );
+
+        let linux = s.linux().as_ref().unwrap();
+        assert!(linux.cgroups_path().is_none());
+        let ns = linux.namespaces().as_ref().unwrap();
+        let types: Vec<_> = ns.iter().map(|n| n.typ()).collect();
+        assert_eq!(
+            types,
+            vec![
+                LinuxNamespaceType::Pid,
+                LinuxNamespaceType::Ipc,
+                LinuxNamespaceType::Mount
+            ]
+        );
+        assert!(ns.iter().all(|n| n.path().is_none()));
+    }
+
+    #[test]
+    fn bad_specs_are_named() {
+        let mut no_root = base();
+        no_root.as_object_mut().unwrap().remove("root");
+        let err = for_guest(spec(no_root), Path::new("/g")).unwrap_err();
+        assert_eq!(err.to_string(), "the OCI spec has no root");
+
+        let mut missing_src = base();
+        missing_src["mounts"][4]["source"] = json!("/nonexistent/file");
+        let err = for_guest(spec(missing_src), Path::new("/g")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/file"), "{err}");
+
+        let mut userns = base();
+        userns["linux"]["namespaces"] = json!([{"type": "user"}]);
+        assert!(matches!(
+            for_guest(spec(userns), Path::new("/g")),
+            Err(SpecError::UserNamespace)
+        ));
+    }
+
+    #[test]
+    fn malformed_config_json_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), b"{\"ociVersion\": 1").unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("config.json"), "{err}");
+    }
+}

@@ -1,0 +1,250 @@
+//! Process I/O between containerd's side (FIFOs or files named in the
+//! task request) and the agent's stream calls. One thread per stream; an
+//! output relay ends at the process's end of output, which is what lets
+//! containerd's readers see EOF.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::{Duration, Instant};
+
+use skiff_agent_protocol::agent::{ProcessRequest, ReadStreamRequest, WriteStreamRequest};
+use skiff_agent_protocol::agent_ttrpc::AgentServiceClient;
+use skiff_agent_protocol::ttrpc::context::Context;
+
+/// Bytes asked for per agent read.
+const CHUNK: u32 = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    #[error("unsupported stdio URI {0:?}: expected a FIFO path or file://")]
+    UnsupportedUri(String),
+    #[error("open {path}: {err}")]
+    Open { path: PathBuf, err: std::io::Error },
+}
+
+/// Where a process's streams go, as containerd named them (empty: none).
+#[derive(Clone, Debug, Default)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+enum Sink {
+    File(File),
+    /// No reader: output is drained so the process never blocks on it.
+    Discard,
+}
+
+fn open_output(uri: &str) -> Result<Sink, StdioError> {
+    if uri.is_empty() {
+        return Ok(Sink::Discard);
+    }
+    let (path, append) = match uri.split_once("://") {
+        None => (PathBuf::from(uri), false),
+        Some(("file", path)) => (PathBuf::from(path), true),
+        Some(_) => return Err(StdioError::UnsupportedUri(uri.into())),
+    };
+    let mut options = OpenOptions::new();
+    options.write(true);
+    if append {
+        options.append(true).create(true);
+    }
+    // A FIFO's reader (containerd) is already open, so this does not block.
+    options
+        .open(&path)
+        .map(Sink::File)
+        .map_err(|err| StdioError::Open { path, err })
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// The running relays of one process.
+pub struct Relays {
+    outputs: usize,
+    done: Receiver<()>,
+}
+
+impl Relays {
+    /// Starts relaying the streams of process (`container_id`, `exec_id`).
+    pub fn start(
+        agent: &AgentServiceClient,
+        container_id: &str,
+        exec_id: &str,
+        paths: &StdioPaths,
+    ) -> Result<Self, StdioError> {
+        let stdout = open_output(&paths.stdout)?;
+        // With a terminal, stdout and stderr are one stream.
+        let stderr = (!paths.terminal)
+            .then(|| open_output(&paths.stderr))
+            .transpose()?;
+        let (done_tx, done) = channel();
+        let mut outputs = 0;
+        for (sink, stream) in [
+            (Some(stdout), Stream::Stdout),
+            (stderr, Stream::Stderr),
+        ] {
+            let Some(sink) = sink else { continue };
+            let relay = OutputRelay {
+                agent: agent.clone(),
+                container_id: container_id.into(),
+                exec_id: exec_id.into(),
+                stream,
+                sink,
+                done: done_tx.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("io-out-{container_id}"))
+                .spawn(move || relay.run())
+                .map_err(|err| StdioError::Open {
+                    path: "relay thread".into(),
+                    err,
+                })?;
+            outputs += 1;
+        }
+        if !paths.stdin.is_empty() {
+            let relay = StdinRelay {
+                agent: agent.clone(),
+                container_id: container_id.into(),
+                exec_id: exec_id.into(),
+                path: PathBuf::from(&paths.stdin),
+            };
+            std::thread::Builder::new()
+                .name(format!("io-in-{container_id}"))
+                .spawn(move || relay.run())
+                .map_err(|err| StdioError::Open {
+                    path: "relay thread".into(),
+                    err,
+                })?;
+        }
+        Ok(Self { outputs, done })
+    }
+
+    /// Waits until every output stream reached its end, or `timeout`
+    /// passed (a background process may hold the streams open forever).
+    /// Returns whether all ended.
+    pub fn wait_output(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.outputs > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.done.recv_timeout(left).is_err() {
+                return false;
+            }
+            self.outputs -= 1;
+        }
+        true
+    }
+}
+
+struct OutputRelay {
+    agent: AgentServiceClient,
+    container_id: String,
+    exec_id: String,
+    stream: Stream,
+    sink: Sink,
+    done: Sender<()>,
+}
+
+impl OutputRelay {
+    fn run(mut self) {
+        let mut req = ReadStreamRequest::new();
+        req.container_id = self.container_id.clone();
+        req.exec_id = self.exec_id.clone();
+        req.max_bytes = CHUNK;
+        loop {
+            // Blocks in the agent until output or end of stream: no deadline.
+            let read = match self.stream {
+                Stream::Stdout => self.agent.read_stdout(Context::default(), &req),
+                Stream::Stderr => self.agent.read_stderr(Context::default(), &req),
+            };
+            let data = match read {
+                Ok(r) if !r.data.is_empty() => r.data,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(container = %self.container_id, exec = %self.exec_id, "output stream ended: {e}");
+                    break;
+                }
+            };
+            if let Sink::File(file) = &mut self.sink {
+                if let Err(e) = file.write_all(&data) {
+                    // The reader went away; keep draining so the process
+                    // does not block on a full pipe.
+                    tracing::debug!(container = %self.container_id, "output reader gone: {e}");
+                    self.sink = Sink::Discard;
+                }
+            }
+        }
+        drop(self.sink);
+        let _ = self.done.send(());
+    }
+}
+
+struct StdinRelay {
+    agent: AgentServiceClient,
+    container_id: String,
+    exec_id: String,
+    path: PathBuf,
+}
+
+impl StdinRelay {
+    fn run(self) {
+        // Blocks until containerd's side opens the FIFO for writing.
+        let mut input = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(container = %self.container_id, "open stdin {}: {e}", self.path.display());
+                return;
+            }
+        };
+        let mut buf = vec![0u8; CHUNK as usize];
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut req = WriteStreamRequest::new();
+            req.container_id = self.container_id.clone();
+            req.exec_id = self.exec_id.clone();
+            let mut pending = &buf[..n];
+            while !pending.is_empty() {
+                req.data = pending.to_vec();
+                match self.agent.write_stdin(Context::default(), &req) {
+                    Ok(r) if r.written > 0 => {
+                        pending = pending.get(r.written as usize..).unwrap_or_default()
+                    }
+                    _ => return,
+                }
+            }
+        }
+        let mut req = ProcessRequest::new();
+        req.container_id = self.container_id;
+        req.exec_id = self.exec_id;
+        let _ = self.agent.close_stdin(Context::default(), &req);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_uris() {
+        assert!(matches!(open_output("").unwrap(), Sink::Discard));
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let uri = format!("file://{}", log.display());
+        assert!(matches!(open_output(&uri).unwrap(), Sink::File(_)));
+        assert!(log.exists());
+        let err = open_output("binary:///usr/bin/logger").err().unwrap();
+        assert!(err.to_string().contains("binary:///usr/bin/logger"));
+        let err = open_output("/nonexistent/fifo").err().unwrap();
+        assert!(err.to_string().contains("/nonexistent/fifo"));
+    }
+}

@@ -1,0 +1,192 @@
+//! A private, real containerd (Debian's) for the shim's integration tests,
+//! started by `scripts/containerd-private.sh` in a directory of its own
+//! with `containerd-shim-skiff-v2` from this build on its PATH, and
+//! stopped (every task, shim and mount gone) when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::{repo_root, workspace_binary};
+
+pub const SHIM: &str = "containerd-shim-skiff-v2";
+pub const RUNTIME: &str = "io.containerd.skiff.v2";
+pub const BUSYBOX: &str = "skiff.local/busybox:latest";
+pub const PAUSE: &str = "skiff.local/pause:latest";
+/// The namespace `ctr` tests use; CRI uses `k8s.io`.
+pub const NAMESPACE: &str = "skiff";
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
+pub struct Containerd {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+/// What a `ctr` command did.
+#[derive(Debug)]
+pub struct Ctr {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Ctr {
+    fn from(out: Output) -> Self {
+        Self {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+fn script(name: &str) -> PathBuf {
+    repo_root().join("scripts").join(name)
+}
+
+/// Builds (cached under $SKIFF_CACHE or ~/.cache/skiff) the busybox OCI
+/// image archive with `entrypoint`, named `name`.
+pub fn image_archive(name: &str, entrypoint: &[&str]) -> PathBuf {
+    let cache = std::env::var_os("SKIFF_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/skiff")
+        })
+        .join("images");
+    std::fs::create_dir_all(&cache).unwrap();
+    let file = name.replace(['/', ':'], "_") + ".tar";
+    let out = cache.join(file);
+    let status = Command::new(script("build-oci-image.sh"))
+        .arg(&out)
+        .arg(name)
+        .args(entrypoint)
+        .status()
+        .expect("run build-oci-image.sh");
+    assert!(status.success(), "building image {name} failed");
+    out
+}
+
+impl Containerd {
+    /// Starts containerd in `dir` (which must not hold a running one).
+    pub fn start(dir: &Path) -> Self {
+        let shim = workspace_binary(SHIM);
+        let bin_dir = shim.parent().unwrap().to_path_buf();
+        let out = Command::new(script("containerd-private.sh"))
+            .arg("start")
+            .arg(dir)
+            .arg(&bin_dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run containerd-private.sh");
+        let me = Self {
+            dir: dir.to_path_buf(),
+            socket: dir.join("containerd.sock"),
+        };
+        assert!(out.status.success(), "containerd did not start");
+        me
+    }
+
+    /// `ctr -a SOCKET -n NAMESPACE ARGS...` with stdin from /dev/null.
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Ctr {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(&self.socket)
+            .args(["-n", namespace])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr")
+            .into()
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Ctr {
+        self.ctr_in(NAMESPACE, args)
+    }
+
+    /// The same `ctr` command under a pseudo terminal (util-linux
+    /// `script`), for `-t`.
+    pub fn ctr_tty(&self, args: &[&str]) -> Ctr {
+        let mut line = format!("ctr -a {} -n {NAMESPACE}", self.socket.display());
+        for a in args {
+            line.push_str(&format!(" '{}'", a.replace('\'', "'\\''")));
+        }
+        Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run script")
+            .into()
+    }
+
+    /// Imports the image archive into `namespace`.
+    pub fn import(&self, namespace: &str, archive: &Path) {
+        let out = self.ctr_in(namespace, &["images", "import", archive.to_str().unwrap()]);
+        assert_eq!(out.code, Some(0), "import {}: {out:?}", archive.display());
+    }
+
+    /// containerd's own log, for assertion messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = Command::new(script("containerd-private.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// Live (not zombie) processes whose command line contains `needle`.
+pub fn live_processes(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == std::process::id().to_string() {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
+        if state == Some('Z') || state.is_none() {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    found
+}
+
+/// Mount points whose path contains `needle`.
+pub fn mounts_containing(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Everything a sandbox could leave on the host: its state directory,
+/// mounts naming it, tap devices, and shim processes serving it.
+pub fn leftovers(sandbox_id: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let state = Path::new("/run/skiff/sbs").join(sandbox_id);
+    if state.exists() {
+        left.push(format!("state directory {}", state.display()));
+    }
+    for m in mounts_containing(&format!("/{sandbox_id}/")) {
+        left.push(format!("mount {m}"));
+    }
+    for p in live_processes(&format!("-id {sandbox_id} ")) {
+        if p.contains(SHIM) {
+            left.push(format!("process {p}"));
+        }
+    }
+    left
+}
