@@ -24,7 +24,10 @@ pub enum ConfigError {
     #[error("read configuration {path}: {err}")]
     Read { path: PathBuf, err: std::io::Error },
     #[error("configuration {path}: {err}")]
-    Parse { path: PathBuf, err: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        err: Box<toml::de::Error>,
+    },
     #[error("configured {what} {path} does not exist")]
     MissingFile { what: &'static str, path: PathBuf },
     #[error("configuration: {0}")]
@@ -179,7 +182,9 @@ impl RuntimeConfig {
             }
         }
         if hv.vcpus == 0 {
-            return Err(ConfigError::Invalid("hypervisor.vcpus must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "hypervisor.vcpus must be at least 1".into(),
+            ));
         }
         if hv.memory_mib < MIN_MEMORY_MIB {
             return Err(ConfigError::Invalid(format!(
@@ -193,7 +198,9 @@ impl RuntimeConfig {
             ));
         }
         if self.agent.boot_timeout_secs == 0 || self.agent.request_timeout_secs == 0 {
-            return Err(ConfigError::Invalid("agent timeouts must be at least 1 second".into()));
+            return Err(ConfigError::Invalid(
+                "agent timeouts must be at least 1 second".into(),
+            ));
         }
         self.shared_fs.cache_policy()?;
         Ok(())
@@ -229,11 +236,19 @@ mod tests {
         let mut config = RuntimeConfig::default();
         config.hypervisor.kernel = "/nonexistent/vmlinux".into();
         let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("kernel /nonexistent/vmlinux does not exist"), "{err}");
+        assert!(
+            err.contains("kernel /nonexistent/vmlinux does not exist"),
+            "{err}"
+        );
 
         let mut config = RuntimeConfig::default();
         config.shared_fs.cache = "sometimes".into();
-        assert!(config.shared_fs.cache_policy().unwrap_err().to_string().contains("sometimes"));
+        assert!(config
+            .shared_fs
+            .cache_policy()
+            .unwrap_err()
+            .to_string()
+            .contains("sometimes"));
     }
 
     #[test]

@@ -31,7 +31,10 @@ pub enum PersistError {
     },
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PersistError + 'a {
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> PersistError + 'a {
     move |err| PersistError::Io {
         what,
         path: path.to_path_buf(),

@@ -52,19 +52,30 @@ pub enum SandboxError {
     Prepare { path: PathBuf, err: std::io::Error },
     #[error("VMM: {0}")]
     Vmm(#[from] VmmError),
-    #[error("the guest agent did not answer within {secs} s (VM {state}); guest console:\n{console}")]
+    #[error(
+        "the guest agent did not answer within {secs} s (VM {state}); guest console:\n{console}"
+    )]
     AgentTimeout {
         secs: u64,
         state: String,
         console: String,
     },
-    #[error("agent {call}: {err}")]
+    #[error("agent {call}: {}", describe(err))]
     Agent {
         call: &'static str,
         err: ttrpc::Error,
     },
     #[error("container {0} is not in this sandbox")]
     NoSuchContainer(String),
+}
+
+/// An agent error as a person reads it: a status's message, not its
+/// protobuf dump.
+pub fn describe(err: &ttrpc::Error) -> String {
+    match err {
+        ttrpc::Error::RpcStatus(status) => status.message.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn agent_err(call: &'static str) -> impl FnOnce(ttrpc::Error) -> SandboxError {
@@ -139,7 +150,9 @@ impl Sandbox {
         let dir = persist::sandbox_dir(Path::new(persist::STATE_ROOT), id)?;
         if dir.exists() {
             match SandboxState::load(&dir) {
-                Ok(old) if old.shim_pid != std::process::id() && persist::shim_alive(old.shim_pid) => {
+                Ok(old)
+                    if old.shim_pid != std::process::id() && persist::shim_alive(old.shim_pid) =>
+                {
                     return Err(SandboxError::AlreadyRunning {
                         id: id.into(),
                         pid: old.shim_pid,
@@ -316,7 +329,11 @@ impl Sandbox {
         let result = (|| {
             share::bind(rootfs, &host_dir.join(ROOTFS_DIR), false)?;
             for bind in &guest.binds {
-                share::bind(&bind.source, &host_dir.join(&bind.share_path), bind.read_only)?;
+                share::bind(
+                    &bind.source,
+                    &host_dir.join(&bind.share_path),
+                    bind.read_only,
+                )?;
             }
             let mut req = CreateContainerRequest::new();
             req.container_id = container_id.into();
@@ -454,7 +471,10 @@ pub mod annotations {
 /// `ctr run`, without CRI annotations) a sandbox of its own.
 pub fn sandbox_id_of(spec: &Spec, container_id: &str) -> String {
     let annotations = spec.annotations().clone().unwrap_or_default();
-    match annotations.get(annotations::CONTAINER_TYPE).map(String::as_str) {
+    match annotations
+        .get(annotations::CONTAINER_TYPE)
+        .map(String::as_str)
+    {
         Some(annotations::TYPE_CONTAINER) => annotations
             .get(annotations::SANDBOX_ID)
             .cloned()

@@ -97,9 +97,9 @@ fn unescape_octal(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| {
-            bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c))
-        });
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match octal {
             Some(d) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -167,6 +167,9 @@ mod tests {
     #[test]
     fn missing_bind_source_is_named() {
         let err = bind(Path::new("/nonexistent/src"), Path::new("/tmp/x"), false).unwrap_err();
-        assert_eq!(err.to_string(), "bind source /nonexistent/src does not exist");
+        assert_eq!(
+            err.to_string(),
+            "bind source /nonexistent/src does not exist"
+        );
     }
 }

@@ -8,10 +8,12 @@ use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
+    #[error("read OCI spec {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
     #[error("invalid OCI spec {path}: {err}")]
-    Load {
+    Parse {
         path: PathBuf,
-        err: oci_spec::OciSpecError,
+        err: serde_json::Error,
     },
     #[error("the OCI spec has no {0}")]
     Missing(&'static str),
@@ -46,9 +48,15 @@ const MOUNTS_DIR: &str = "mounts";
 /// The guest's terminal devices, where the agent opens process terminals.
 const GUEST_DEVPTS: &str = "/dev/pts";
 
+/// Reads `bundle/config.json`. Parsed here rather than with `Spec::load`,
+/// whose error drops serde's line, column and field name.
 pub fn load(bundle: &Path) -> Result<Spec, SpecError> {
     let path = bundle.join("config.json");
-    Spec::load(&path).map_err(|err| SpecError::Load { path, err })
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(err) => return Err(SpecError::Read { path, err }),
+    };
+    serde_json::from_slice(&bytes).map_err(|err| SpecError::Parse { path, err })
 }
 
 fn is_bind(mount: &Mount) -> bool {
@@ -120,7 +128,10 @@ pub fn for_guest(mut spec: Spec, guest_dir: &Path) -> Result<GuestSpec, SpecErro
 
     if let Some(mut linux) = spec.linux().clone() {
         let mut namespaces = linux.namespaces().clone().unwrap_or_default();
-        if namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::User) {
+        if namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::User)
+        {
             return Err(SpecError::UserNamespace);
         }
         // The guest's network namespace is the pod's network; the host's
@@ -239,5 +250,10 @@ mod tests {
         std::fs::write(dir.path().join("config.json"), b"{\"ociVersion\": 1").unwrap();
         let err = load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("config.json"), "{err}");
+        let mut bad_ns = base();
+        bad_ns["linux"]["namespaces"] = json!([{"type": "bogus"}]);
+        std::fs::write(dir.path().join("config.json"), bad_ns.to_string()).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("unknown variant `bogus`"), "{err}");
     }
 }

@@ -87,10 +87,7 @@ impl Relays {
             .transpose()?;
         let (done_tx, done) = channel();
         let mut outputs = 0;
-        for (sink, stream) in [
-            (Some(stdout), Stream::Stdout),
-            (stderr, Stream::Stderr),
-        ] {
+        for (sink, stream) in [(Some(stdout), Stream::Stdout), (stderr, Stream::Stderr)] {
             let Some(sink) = sink else { continue };
             let relay = OutputRelay {
                 agent: agent.clone(),

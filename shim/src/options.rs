@@ -13,7 +13,9 @@ pub const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum OptionsError {
-    #[error("unknown runtime options type {0:?}: Skiff takes {RUNTIME_OPTIONS_TYPE} (a config_path)")]
+    #[error(
+        "unknown runtime options type {0:?}: Skiff takes {RUNTIME_OPTIONS_TYPE} (a config_path)"
+    )]
     UnknownType(String),
     #[error("malformed {RUNTIME_OPTIONS_TYPE}: {0}")]
     Malformed(String),
@@ -28,7 +30,8 @@ pub fn config_path(options: Option<&Any>) -> Result<Option<PathBuf>, OptionsErro
     if type_name != RUNTIME_OPTIONS_TYPE {
         return Err(OptionsError::UnknownType(any.type_url.clone()));
     }
-    let malformed = |e: containerd_shim::protos::protobuf::Error| OptionsError::Malformed(e.to_string());
+    let malformed =
+        |e: containerd_shim::protos::protobuf::Error| OptionsError::Malformed(e.to_string());
     let mut input = CodedInputStream::from_bytes(&any.value);
     let mut path = String::new();
     while let Some(tag) = input.read_raw_tag_or_eof().map_err(malformed)? {
@@ -39,7 +42,9 @@ pub fn config_path(options: Option<&Any>) -> Result<Option<PathBuf>, OptionsErro
             }
             0x12 => path = input.read_string().map_err(malformed)?,
             other => {
-                return Err(OptionsError::Malformed(format!("unexpected field tag {other:#x}")))
+                return Err(OptionsError::Malformed(format!(
+                    "unexpected field tag {other:#x}"
+                )))
             }
         }
     }

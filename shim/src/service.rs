@@ -45,7 +45,8 @@ impl containerd_shim::Shim for Service {
     /// One shim per pod: containers of a CRI pod are grouped by sandbox id,
     /// so the second and later ones get the address of the running shim.
     fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
-        let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
+        let bundle =
+            std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
         let grouping = sandbox_of_bundle(&bundle, &opts.id);
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
         Ok(address)
@@ -54,10 +55,12 @@ impl containerd_shim::Shim for Service {
     /// Called by containerd when a shim died or a task failed to start:
     /// the VM died with the shim, so remove what it left on the host.
     fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
-        let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
+        let bundle =
+            std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
         let sandbox_id = sandbox_of_bundle(&bundle, &self.id);
-        let cleanup = cleanup_dead_sandbox(&sandbox_id)
-            .map_err(|e| containerd_shim::Error::Other(format!("clean up sandbox {sandbox_id}: {e}")))?;
+        let cleanup = cleanup_dead_sandbox(&sandbox_id).map_err(|e| {
+            containerd_shim::Error::Other(format!("clean up sandbox {sandbox_id}: {e}"))
+        })?;
         let rootfs = bundle.join("rootfs");
         containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH)?;
         eprintln!(
@@ -80,7 +83,11 @@ impl containerd_shim::Shim for Service {
             .map(|c| c.log.level)
             .unwrap_or_else(|_| "info".into());
         crate::logging::init(&level, self.debug);
-        tracing::info!("{RUNTIME_ID} shim {} serving (namespace {})", std::process::id(), self.namespace);
+        tracing::info!(
+            "{RUNTIME_ID} shim {} serving (namespace {})",
+            std::process::id(),
+            self.namespace
+        );
         TaskService::new(self.namespace.clone(), publisher, self.exit.clone())
     }
 }

@@ -12,8 +12,8 @@ use containerd_shim::protos::cgroups_v2::metrics::{
     CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
 };
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM,
-    TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -43,6 +43,20 @@ fn status(code: Code, msg: impl ToString) -> ttrpc::Error {
 
 fn internal(e: impl std::fmt::Display) -> ttrpc::Error {
     status(Code::INTERNAL, e.to_string())
+}
+
+/// An agent call's error, passed on with its status code and message.
+fn from_agent(what: &str, e: ttrpc::Error) -> ttrpc::Error {
+    match e {
+        ttrpc::Error::RpcStatus(s) => status(
+            s.code.enum_value_or(Code::UNKNOWN),
+            format!("{what}: {}", s.message),
+        ),
+        other => status(
+            Code::UNAVAILABLE,
+            format!("{what}: agent unreachable: {other}"),
+        ),
+    }
 }
 
 fn not_found(what: &str) -> ttrpc::Error {
@@ -118,7 +132,12 @@ impl Inner {
 
     /// Follows a started process until the agent reports its exit, lets
     /// its output drain, then records and publishes the exit.
-    fn watch_exit(self: &Arc<Self>, sandbox: Arc<Sandbox>, process: Arc<Process>, mut relays: Relays) {
+    fn watch_exit(
+        self: &Arc<Self>,
+        sandbox: Arc<Sandbox>,
+        process: Arc<Process>,
+        mut relays: Relays,
+    ) {
         let inner = self.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("wait-{}", process.container_id))
@@ -127,10 +146,17 @@ impl Inner {
                 req.container_id = process.container_id.clone();
                 req.exec_id = process.exec_id.clone();
                 // Blocks in the agent until the process exits: no deadline.
-                let code = match sandbox.agent().wait_process(ttrpc::context::Context::default(), &req) {
+                let code = match sandbox
+                    .agent()
+                    .wait_process(ttrpc::context::Context::default(), &req)
+                {
                     Ok(r) => r.exit_status as u32,
                     Err(e) => {
-                        tracing::warn!("wait for {}/{}: {e}", process.container_id, process.exec_id);
+                        tracing::warn!(
+                            "wait for {}/{}: {e}",
+                            process.container_id,
+                            process.exec_id
+                        );
                         255
                     }
                 };
@@ -204,7 +230,10 @@ impl Inner {
             }
             return Ok((sandbox.clone(), false));
         }
-        let hostname = spec.hostname().clone().unwrap_or_else(|| sandbox_id.to_string());
+        let hostname = spec
+            .hostname()
+            .clone()
+            .unwrap_or_else(|| sandbox_id.to_string());
         let sandbox = Sandbox::boot(sandbox_id, &hostname, config, origin)
             .map(Arc::new)
             .map_err(|e| status(Code::UNKNOWN, format!("boot sandbox {sandbox_id}: {e}")))?;
@@ -215,7 +244,11 @@ impl Inner {
     }
 
     fn shutdown_sandbox(&self) {
-        let sandbox = self.sandbox.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let sandbox = self
+            .sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(sandbox) = sandbox {
             if let Err(e) = sandbox.shutdown() {
                 tracing::error!("shut down sandbox {}: {e}", sandbox.id());
@@ -226,10 +259,16 @@ impl Inner {
     fn create(self: &Arc<Self>, req: &api::CreateTaskRequest) -> TtrpcResult<u32> {
         let origin = Instant::now();
         if !req.checkpoint.is_empty() {
-            return Err(status(Code::UNIMPLEMENTED, "restoring from a checkpoint is not supported by Skiff"));
+            return Err(status(
+                Code::UNIMPLEMENTED,
+                "restoring from a checkpoint is not supported by Skiff",
+            ));
         }
         if self.containers().contains_key(&req.id) {
-            return Err(status(Code::ALREADY_EXISTS, format!("container {} already exists", req.id)));
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("container {} already exists", req.id),
+            ));
         }
         let invalid = |e: &dyn std::fmt::Display| status(Code::INVALID_ARGUMENT, e.to_string());
         let config_path = options::config_path(req.options.as_ref()).map_err(|e| invalid(&e))?;
@@ -245,8 +284,13 @@ impl Inner {
 
         let mounted_rootfs = !req.rootfs.is_empty();
         for m in &req.rootfs {
-            containerd_shim::mount::mount_rootfs(Some(&m.type_), Some(&m.source), &m.options, &root)
-                .map_err(|e| internal(format!("mount rootfs on {}: {e}", root.display())))?;
+            containerd_shim::mount::mount_rootfs(
+                Some(&m.type_),
+                Some(&m.source),
+                &m.options,
+                &root,
+            )
+            .map_err(|e| internal(format!("mount rootfs on {}: {e}", root.display())))?;
         }
         let undo_rootfs = || {
             if mounted_rootfs {
@@ -255,7 +299,10 @@ impl Inner {
         };
         if !root.is_dir() {
             undo_rootfs();
-            return Err(invalid(&format!("rootfs {} does not exist", root.display())));
+            return Err(invalid(&format!(
+                "rootfs {} does not exist",
+                root.display()
+            )));
         }
         let is_pod_member = spec
             .annotations()
@@ -270,14 +317,20 @@ impl Inner {
             }
         };
         if booted && is_pod_member {
-            tracing::warn!("container {} arrived before its pod's sandbox {sandbox_id}", req.id);
+            tracing::warn!(
+                "container {} arrived before its pod's sandbox {sandbox_id}",
+                req.id
+            );
         }
         if let Err(e) = sandbox.create_container(&req.id, &bundle, &root, spec) {
             undo_rootfs();
             if booted {
                 self.shutdown_sandbox();
             }
-            return Err(status(Code::UNKNOWN, format!("create container {}: {e}", req.id)));
+            return Err(status(
+                Code::UNKNOWN,
+                format!("create container {}: {e}", req.id),
+            ));
         }
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
@@ -324,7 +377,10 @@ impl Inner {
         let origin = Instant::now();
         let process = self.process(id, exec_id)?;
         if process.status() != Status::CREATED {
-            return Err(status(Code::FAILED_PRECONDITION, format!("process {id}/{exec_id} was already started")));
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("process {id}/{exec_id} was already started"),
+            ));
         }
         let sandbox = self.sandbox()?;
         if exec_id.is_empty() {
@@ -337,14 +393,18 @@ impl Inner {
             sandbox
                 .agent()
                 .exec_process(sandbox.ctx(), &req)
-                .map_err(|e| status(Code::UNKNOWN, format!("exec in {id}: {e}")))?;
+                .map_err(|e| from_agent(&format!("exec in {id}"), e))?;
         }
         process.set_status(Status::RUNNING);
-        let relays = Relays::start(sandbox.agent(), id, exec_id, &process.stdio).map_err(internal)?;
+        let relays =
+            Relays::start(sandbox.agent(), id, exec_id, &process.stdio).map_err(internal)?;
         self.watch_exit(sandbox, process, relays);
         let pid = std::process::id();
         if exec_id.is_empty() {
-            tracing::info!("container {id} started ({:.1} ms)", origin.elapsed().as_secs_f64() * 1e3);
+            tracing::info!(
+                "container {id} started ({:.1} ms)",
+                origin.elapsed().as_secs_f64() * 1e3
+            );
             self.publish(
                 topics::TASK_START_EVENT_TOPIC,
                 Box::new(TaskStart {
@@ -397,7 +457,9 @@ impl Inner {
         if let Some(c) = &container {
             if c.mounted_rootfs {
                 let rootfs = c.bundle.join("rootfs");
-                if let Err(e) = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH) {
+                if let Err(e) =
+                    containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH)
+                {
                     tracing::warn!("unmount {}: {e}", rootfs.display());
                 }
             }
@@ -437,7 +499,11 @@ fn container_request(id: &str) -> ContainerRequest {
 }
 
 impl containerd_shim::Task for TaskService {
-    fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
         let p = self.0.process(&req.id, &req.exec_id)?;
         let bundle = self
             .0
@@ -462,16 +528,27 @@ impl containerd_shim::Task for TaskService {
         })
     }
 
-    fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
         tracing::info!("create {} (bundle {})", req.id, req.bundle);
-        let pid = self.0.create(&req).inspect_err(|e| tracing::error!("create {}: {e:?}", req.id))?;
+        let pid = self
+            .0
+            .create(&req)
+            .inspect_err(|e| tracing::error!("create {}: {e:?}", req.id))?;
         Ok(api::CreateTaskResponse {
             pid,
             ..Default::default()
         })
     }
 
-    fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
         self.0.start(&req.id, &req.exec_id)?;
         Ok(api::StartResponse {
             pid: std::process::id(),
@@ -479,7 +556,11 @@ impl containerd_shim::Task for TaskService {
         })
     }
 
-    fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
         self.0.delete(&req.id, &req.exec_id)
     }
 
@@ -502,7 +583,7 @@ impl containerd_shim::Task for TaskService {
         sandbox
             .agent()
             .pause_container(sandbox.ctx(), &container_request(&req.id))
-            .map_err(internal)?;
+            .map_err(|e| from_agent("pause container", e))?;
         p.set_status(Status::PAUSED);
         self.0.publish(
             topics::TASK_PAUSED_EVENT_TOPIC,
@@ -520,7 +601,7 @@ impl containerd_shim::Task for TaskService {
         sandbox
             .agent()
             .resume_container(sandbox.ctx(), &container_request(&req.id))
-            .map_err(internal)?;
+            .map_err(|e| from_agent("resume container", e))?;
         p.set_status(Status::RUNNING);
         self.0.publish(
             topics::TASK_RESUMED_EVENT_TOPIC,
@@ -532,7 +613,11 @@ impl containerd_shim::Task for TaskService {
         Ok(api::Empty::new())
     }
 
-    fn checkpoint(&self, _ctx: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<api::Empty> {
+    fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
         Err(status(
             Code::UNIMPLEMENTED,
             "checkpoint is not supported by Skiff: the container runs inside a VM",
@@ -542,7 +627,10 @@ impl containerd_shim::Task for TaskService {
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let p = self.0.process(&req.id, &req.exec_id)?;
         if p.exit().is_some() {
-            return Err(not_found(&format!("process {}/{} (already exited)", req.id, req.exec_id)));
+            return Err(not_found(&format!(
+                "process {}/{} (already exited)",
+                req.id, req.exec_id
+            )));
         }
         let sandbox = self.0.sandbox()?;
         let mut signal = SignalProcessRequest::new();
@@ -553,14 +641,21 @@ impl containerd_shim::Task for TaskService {
         sandbox
             .agent()
             .signal_process(sandbox.ctx(), &signal)
-            .map_err(internal)?;
+            .map_err(|e| from_agent("signal process", e))?;
         Ok(api::Empty::new())
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        let spec_json = req.spec.as_ref().map(|s| s.value.clone()).unwrap_or_default();
+        let spec_json = req
+            .spec
+            .as_ref()
+            .map(|s| s.value.clone())
+            .unwrap_or_default();
         if spec_json.is_empty() {
-            return Err(status(Code::INVALID_ARGUMENT, "exec without a process spec"));
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                "exec without a process spec",
+            ));
         }
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
@@ -574,7 +669,10 @@ impl containerd_shim::Task for TaskService {
                 .get_mut(&req.id)
                 .ok_or_else(|| not_found(&format!("container {}", req.id)))?;
             if c.execs.contains_key(&req.exec_id) {
-                return Err(status(Code::ALREADY_EXISTS, format!("exec {} already exists", req.exec_id)));
+                return Err(status(
+                    Code::ALREADY_EXISTS,
+                    format!("exec {} already exists", req.exec_id),
+                ));
             }
             let process = Process::new(&req.id, &req.exec_id, stdio, spec_json);
             c.execs.insert(req.exec_id.clone(), Arc::new(process));
@@ -590,7 +688,11 @@ impl containerd_shim::Task for TaskService {
         Ok(api::Empty::new())
     }
 
-    fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
         self.0.process(&req.id, &req.exec_id)?;
         let sandbox = self.0.sandbox()?;
         let mut resize = TtyWinResizeRequest::new();
@@ -601,7 +703,7 @@ impl containerd_shim::Task for TaskService {
         sandbox
             .agent()
             .tty_win_resize(sandbox.ctx(), &resize)
-            .map_err(internal)?;
+            .map_err(|e| from_agent("tty win resize", e))?;
         Ok(api::Empty::new())
     }
 
@@ -615,7 +717,7 @@ impl containerd_shim::Task for TaskService {
             sandbox
                 .agent()
                 .close_stdin(sandbox.ctx(), &close)
-                .map_err(internal)?;
+                .map_err(|e| from_agent("close stdin", e))?;
         }
         Ok(api::Empty::new())
     }
@@ -626,11 +728,15 @@ impl containerd_shim::Task for TaskService {
         let mut update = UpdateContainerRequest::new();
         update.container_id = req.id.clone();
         // containerd sends OCI LinuxResources as JSON in the Any.
-        update.oci_resources_json = req.resources.as_ref().map(|r| r.value.clone()).unwrap_or_default();
+        update.oci_resources_json = req
+            .resources
+            .as_ref()
+            .map(|r| r.value.clone())
+            .unwrap_or_default();
         sandbox
             .agent()
             .update_container(sandbox.ctx(), &update)
-            .map_err(|e| status(Code::UNKNOWN, format!("update {}: {e}", req.id)))?;
+            .map_err(|e| from_agent(&format!("update {}", req.id), e))?;
         Ok(api::Empty::new())
     }
 
@@ -644,13 +750,17 @@ impl containerd_shim::Task for TaskService {
         })
     }
 
-    fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
         self.0.process(&req.id, "")?;
         let sandbox = self.0.sandbox()?;
         let s = sandbox
             .agent()
             .stats_container(sandbox.ctx(), &container_request(&req.id))
-            .map_err(internal)?;
+            .map_err(|e| from_agent("stats container", e))?;
         let metrics = Metrics {
             cpu: MessageField::some(CPUStat {
                 usage_usec: s.cpu.usage_usec,
@@ -689,7 +799,11 @@ impl containerd_shim::Task for TaskService {
         })
     }
 
-    fn connect(&self, _ctx: &TtrpcContext, _req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid: std::process::id(),

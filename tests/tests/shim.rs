@@ -1,0 +1,304 @@
+//! containerd-shim-skiff-v2 under a private, real containerd, driven with
+//! `ctr`: each `ctr run` boots a sandbox VM in the shim process. Few VMs,
+//! many checks in each; prints each step's time.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use skiff_tests::containerd::{
+    image_archive, leftovers, Containerd, Ctr, BUSYBOX, NAMESPACE, RUNTIME,
+};
+
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Steps(Instant);
+
+impl Steps {
+    fn mark(&mut self, step: &str) {
+        let ms = self.0.elapsed().as_secs_f64() * 1e3;
+        eprintln!("step {step:<48} {ms:>10.1} ms");
+        self.0 = Instant::now();
+    }
+}
+
+fn assert_clean(ctrd: &Containerd, id: &str) {
+    // containerd cleans up asynchronously after a task ends.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = leftovers(id);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} left behind: {left:#?}\ncontainerd log:\n{}",
+            ctrd.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn expect(out: &Ctr, code: i32, what: &str, ctrd: &Containerd) {
+    assert_eq!(
+        out.code,
+        Some(code),
+        "{what}: {out:#?}\ncontainerd log:\n{}",
+        ctrd.log()
+    );
+}
+
+fn task_status(ctrd: &Containerd, id: &str) -> Option<String> {
+    let out = ctrd.ctr(&["task", "ls"]);
+    out.stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .map(str::to_string)
+}
+
+fn wait_status(ctrd: &Containerd, id: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while task_status(ctrd, id).as_deref() != Some(status) {
+        assert!(
+            Instant::now() < deadline,
+            "task {id} never became {status}\n{}",
+            ctrd.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Bad input fails the `ctr run` with a message naming the problem and
+/// leaves nothing behind. None of these boots a VM.
+fn bad_input(ctrd: &Containerd, scratch: &std::path::Path) {
+    let config = |name: &str, text: &str| {
+        let path = scratch.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let missing_kernel = config(
+        "missing-kernel.toml",
+        "[hypervisor]\nkernel = \"/nonexistent/vmlinux\"\n",
+    );
+    let unknown_option = config("unknown-option.toml", "[hypervisor]\nmemory = 128\n");
+    let bad_spec = config(
+        "config.json",
+        r#"{"ociVersion": "1.0.2",
+            "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "bogus"}]}}"#,
+    );
+    let cases: [(&str, Vec<&str>, &str); 4] = [
+        (
+            "bad-kernel",
+            vec![
+                "--runtime-config-path",
+                &missing_kernel,
+                BUSYBOX,
+                "bad-kernel",
+                "true",
+            ],
+            "configured kernel /nonexistent/vmlinux does not exist",
+        ),
+        (
+            "bad-option",
+            vec![
+                "--runtime-config-path",
+                &unknown_option,
+                BUSYBOX,
+                "bad-option",
+                "true",
+            ],
+            "unknown field `memory`",
+        ),
+        (
+            "bad-rootfs",
+            vec!["--rootfs", "/nonexistent/rootfs", "bad-rootfs", "true"],
+            "rootfs /nonexistent/rootfs does not exist",
+        ),
+        (
+            "bad-spec",
+            vec!["--config", &bad_spec, "bad-spec"],
+            "unknown variant `bogus`",
+        ),
+    ];
+    for (id, args, message) in cases {
+        let mut full = vec!["run", "--rm", "--runtime", RUNTIME];
+        full.extend(args);
+        let out = ctrd.ctr(&full);
+        assert_ne!(out.code, Some(0), "{id} succeeded: {out:?}");
+        assert!(
+            out.stderr.contains(message),
+            "{id}: error does not say {message:?}: {}",
+            out.stderr
+        );
+        assert_clean(ctrd, id);
+        // `--rm` does not remove a container whose task never started.
+        ctrd.ctr(&["containers", "rm", id]);
+    }
+}
+
+#[test]
+fn containers_run_through_real_containerd() {
+    let scratch = Scratch(PathBuf::from(format!(
+        "/tmp/skiff-shim-{}",
+        std::process::id()
+    )));
+    let _ = std::fs::remove_dir_all(&scratch.0);
+    std::fs::create_dir_all(&scratch.0).unwrap();
+    let mut steps = Steps(Instant::now());
+    let ctrd = Containerd::start(&scratch.0.join("ctrd"));
+    ctrd.import(NAMESPACE, &image_archive(BUSYBOX, &[]));
+    steps.mark("containerd started, busybox imported");
+
+    bad_input(&ctrd, &scratch.0);
+    steps.mark("bad input: 4 clear errors, nothing left");
+
+    let run = |args: &[&str]| {
+        let mut full = vec!["run", "--rm", "--runtime", RUNTIME, BUSYBOX];
+        full.extend(args);
+        ctrd.ctr(&full)
+    };
+    let out = run(&["hello", "echo", "hello"]);
+    expect(&out, 0, "echo hello", &ctrd);
+    assert_eq!(out.stdout, "hello\n");
+    assert_clean(&ctrd, "hello");
+    steps.mark("ctr run --rm echo hello (boot + run + delete)");
+
+    // A terminal, and the exit code of the container's process.
+    let out = ctrd.ctr_tty(&[
+        "run",
+        "-t",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX,
+        "tty",
+        "sh",
+        "-c",
+        "tty; exit 3",
+    ]);
+    expect(&out, 3, "run -t sh -c 'tty; exit 3'", &ctrd);
+    assert!(out.stdout.contains("/dev/pts/"), "no terminal: {out:?}");
+    assert_clean(&ctrd, "tty");
+    steps.mark("ctr run -t --rm: TTY output, exit 3");
+
+    // A long-running container: exec into it, pause, resume, kill.
+    let socket = ctrd.socket.clone();
+    let long_run = std::thread::spawn(move || -> Ctr {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(socket)
+            .args([
+                "-n",
+                NAMESPACE,
+                "run",
+                "--rm",
+                "--runtime",
+                RUNTIME,
+                BUSYBOX,
+            ])
+            .args(["long", "sleep", "1000"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr")
+            .into()
+    });
+    wait_status(&ctrd, "long", "RUNNING");
+    steps.mark("ctr run long (boot + start)");
+
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "long",
+        "sh",
+        "-c",
+        "echo exec-out; exit 4",
+    ]);
+    expect(&out, 4, "exec exit 4", &ctrd);
+    assert_eq!(out.stdout, "exec-out\n");
+    let out = ctrd.ctr_tty(&[
+        "task",
+        "exec",
+        "-t",
+        "--exec-id",
+        "e2",
+        "long",
+        "sh",
+        "-c",
+        "tty",
+    ]);
+    expect(&out, 0, "exec -t tty", &ctrd);
+    assert!(
+        out.stdout.contains("/dev/pts/"),
+        "exec without terminal: {out:?}"
+    );
+    steps.mark("ctr task exec: output, exit 4, TTY");
+
+    let out = ctrd.ctr(&["task", "metrics", "long"]);
+    expect(&out, 0, "metrics", &ctrd);
+    assert!(out.stdout.contains("memory.usage"), "{}", out.stdout);
+    expect(&ctrd.ctr(&["task", "pause", "long"]), 0, "pause", &ctrd);
+    assert_eq!(task_status(&ctrd, "long").as_deref(), Some("PAUSED"));
+    expect(&ctrd.ctr(&["task", "resume", "long"]), 0, "resume", &ctrd);
+    assert_eq!(task_status(&ctrd, "long").as_deref(), Some("RUNNING"));
+    steps.mark("metrics, pause, resume");
+
+    expect(
+        &ctrd.ctr(&["task", "kill", "-s", "SIGKILL", "long"]),
+        0,
+        "kill",
+        &ctrd,
+    );
+    let out = long_run.join().unwrap();
+    expect(&out, 128 + 9, "ctr run long after SIGKILL", &ctrd);
+    assert_clean(&ctrd, "long");
+    steps.mark("ctr task kill -s SIGKILL: run reports 137");
+
+    // The shim dies with the VM inside it; containerd's `shim delete`
+    // and the task/container removal leave nothing behind.
+    let out = ctrd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX,
+        "crash",
+        "sleep",
+        "1000",
+    ]);
+    expect(&out, 0, "run -d crash", &ctrd);
+    wait_status(&ctrd, "crash", "RUNNING");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read("/run/skiff/sbs/crash/persist.json").unwrap())
+            .unwrap();
+    assert_eq!(state["containers"][0]["id"], "crash");
+    let shim_pid = state["shim_pid"].as_i64().unwrap() as i32;
+    assert_eq!(unsafe { libc::kill(shim_pid, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while task_status(&ctrd, "crash").as_deref() == Some("RUNNING") {
+        assert!(
+            Instant::now() < deadline,
+            "containerd never saw the shim die"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ctrd.ctr(&["task", "rm", "-f", "crash"]);
+    expect(
+        &ctrd.ctr(&["containers", "rm", "crash"]),
+        0,
+        "c rm crash",
+        &ctrd,
+    );
+    assert_clean(&ctrd, "crash");
+    steps.mark("shim SIGKILL + task rm -f + c rm: nothing left");
+}
