@@ -7,7 +7,7 @@ GUEST := build/guest
 CARGO ?= cargo
 VM_RUN := target/release/vm-run
 
-.PHONY: all guest kernel initramfs agent-initramfs build test unit-test demo bench clean rust
+.PHONY: all guest kernel initramfs agent-initramfs build test test-deps unit-test demo bench clean rust
 
 all: build guest
 
@@ -28,13 +28,19 @@ guest: kernel initramfs agent-initramfs
 build: rust
 	$(CARGO) build --release --workspace --locked
 
+# Debian packages the tests need: protoc (the CRI client's protos), containerd
+# and runc (the shim tests), busybox-static (their images).
+test-deps:
+	@bash -c 'log() { printf "test-deps: %s\n" "$$*" >&2; }; die() { log "ERROR: $$*"; exit 1; }; \
+		. scripts/apt-install.sh && apt_install protobuf-compiler containerd runc busybox-static'
+
 # Unit tests need no guest; the integration tests in tests/ boot real ones.
-test: build guest
+test: test-deps build guest
 	$(CARGO) test --release --workspace --locked
 
+# A container in a Skiff sandbox through a private containerd.
 demo: build guest
-	@echo "== booting $(GUEST)/vmlinux with the debug initramfs: uname -a =="
-	$(VM_RUN) --kernel $(GUEST)/vmlinux --initrd $(GUEST)/initramfs-debug.cpio --timeline -- uname -a
+	scripts/demo.sh
 
 bench: build guest
 	scripts/bench_boot.py
