@@ -1,6 +1,6 @@
 //! Sandbox state on the host, `/run/skiff/sbs/<sandbox id>/persist.json`:
-//! what the runtime made outside its own process (mounts, tap devices,
-//! the state directory), so `shim delete` can undo it after the shim that
+//! what the runtime made outside its own process (mounts, tap devices
+//! and tc filters, the state directory), so `shim delete` can undo it after the shim that
 //! made it died. Written atomically: a crash leaves the old or the new
 //! file, never half of one.
 
@@ -9,6 +9,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::network::PodNetwork;
 
 /// Parent of every sandbox's state directory.
 pub const STATE_ROOT: &str = "/run/skiff/sbs";
@@ -73,8 +75,10 @@ pub struct SandboxState {
     /// The directory served to the guest over virtio-fs.
     pub share_dir: PathBuf,
     pub containers: Vec<ContainerState>,
-    /// Tap devices made for the VM, by name.
-    pub taps: Vec<String>,
+    /// The pod network wired into the VM (taps and tc filters in the pod's
+    /// network namespace), if any.
+    #[serde(default)]
+    pub network: Option<PodNetwork>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -156,7 +160,10 @@ mod tests {
                 bundle: "/b".into(),
                 mounts: vec!["/m".into()],
             }],
-            taps: vec!["tap0".into()],
+            network: Some(PodNetwork {
+                netns: "/var/run/netns/cni-1".into(),
+                ..Default::default()
+            }),
         };
         state.save(dir.path()).unwrap();
         assert_eq!(SandboxState::load(dir.path()).unwrap(), state);

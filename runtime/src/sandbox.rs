@@ -10,19 +10,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oci_spec::runtime::Spec;
 use skiff_agent_protocol::agent::{
-    CheckRequest, ContainerRequest, CreateContainerRequest, CreateSandboxRequest, Empty,
-    RemoveContainerRequest, SetGuestDateTimeRequest, Storage, StorageDriver,
+    CheckRequest, ContainerRequest, CreateContainerRequest, CreateSandboxRequest, Empty, Interface,
+    IpAddress, RemoveContainerRequest, Route, Routes, SetGuestDateTimeRequest, Storage,
+    StorageDriver,
 };
 use skiff_agent_protocol::agent_ttrpc::AgentServiceClient;
 use skiff_agent_protocol::ttrpc;
 use skiff_agent_protocol::DEFAULT_VSOCK_PORT;
 use skiff_vmm::config::{
-    default_cmdline, host_has_hardware_virt, DeviceConfig, FsConfig, VsockConfig,
+    default_cmdline, host_has_hardware_virt, parse_mac, DeviceConfig, FsConfig, NetConfig,
+    VsockConfig,
 };
 use skiff_vmm::timeline::Milestone;
 use skiff_vmm::{ConsoleConfig, VmConfig, VmState, VmmError, VmmHandle};
 
 use crate::config::{ConfigError, RuntimeConfig};
+use crate::network::{self, NetworkError, PodNetwork};
 use crate::persist::{self, ContainerState, PersistError, SandboxState};
 use crate::share::{self, ShareError};
 use crate::spec::{self, SpecError, ROOTFS_DIR};
@@ -46,6 +49,10 @@ pub enum SandboxError {
     Spec(#[from] SpecError),
     #[error(transparent)]
     Share(#[from] ShareError),
+    #[error("pod network: {0}")]
+    Network(#[from] NetworkError),
+    #[error("pod network: interface {name} has a bad MAC {mac:?}")]
+    BadMac { name: String, mac: String },
     #[error("sandbox {id} is already running in shim process {pid}")]
     AlreadyRunning { id: String, pid: u32 },
     #[error("prepare {path}: {err}")]
@@ -123,8 +130,15 @@ impl Drop for Undo<'_> {
     }
 }
 
-/// Unmounts everything below a sandbox's state directory and removes it.
+/// Unwires the pod network recorded in the state directory (if any),
+/// unmounts everything below it and removes it.
 fn remove_sandbox_dir(dir: &Path) -> Result<(), SandboxError> {
+    if let Ok(SandboxState {
+        network: Some(net), ..
+    }) = SandboxState::load(dir)
+    {
+        network::disconnect(&net)?;
+    }
     share::unmount_tree(dir)?;
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
@@ -144,6 +158,7 @@ impl Sandbox {
         id: &str,
         hostname: &str,
         config: &RuntimeConfig,
+        pod_network: Option<PodNetwork>,
         origin: Instant,
     ) -> Result<Self, SandboxError> {
         config.validate()?;
@@ -175,7 +190,7 @@ impl Sandbox {
             shim_pid: std::process::id(),
             share_dir: share.clone(),
             containers: Vec::new(),
-            taps: Vec::new(),
+            network: pod_network.clone(),
         };
         state.save(&dir)?;
 
@@ -188,7 +203,29 @@ impl Sandbox {
             cmdline = format!("{cmdline} {}", hv.kernel_params);
         }
         let console = dir.join(CONSOLE_LOG);
-        let vmm = VmmHandle::spawn(origin)?;
+        let mut devices = vec![
+            DeviceConfig::Vsock(VsockConfig {
+                guest_cid: GUEST_CID,
+                socket: dir.join("vsock.sock"),
+            }),
+            DeviceConfig::Fs(FsConfig {
+                tag: SHARE_TAG.into(),
+                path: share.clone(),
+                read_only: false,
+                cache: config.shared_fs.cache_policy()?,
+            }),
+        ];
+        for iface in pod_network.iter().flat_map(|n| &n.interfaces) {
+            let mac = parse_mac(&iface.mac).map_err(|_| SandboxError::BadMac {
+                name: iface.name.clone(),
+                mac: iface.mac.clone(),
+            })?;
+            devices.push(DeviceConfig::Net(NetConfig {
+                tap: iface.tap.clone(),
+                mac: Some(mac),
+            }));
+        }
+        let vmm = spawn_vmm(pod_network.as_ref(), origin)?;
         vmm.configure(VmConfig {
             kernel: hv.kernel.clone(),
             initrd: Some(hv.initrd.clone()),
@@ -196,20 +233,13 @@ impl Sandbox {
             vcpus: hv.vcpus,
             memory_mib: hv.memory_mib,
             console: ConsoleConfig::File(console.clone()),
-            devices: vec![
-                DeviceConfig::Vsock(VsockConfig {
-                    guest_cid: GUEST_CID,
-                    socket: dir.join("vsock.sock"),
-                }),
-                DeviceConfig::Fs(FsConfig {
-                    tag: SHARE_TAG.into(),
-                    path: share.clone(),
-                    read_only: false,
-                    cache: config.shared_fs.cache_policy()?,
-                }),
-            ],
+            devices,
         })?;
         vmm.start()?;
+        // The VMM made the taps when the VM started.
+        if let Some(net) = &pod_network {
+            network::connect(net)?;
+        }
         let agent = connect_agent(&vmm, config.agent.boot_timeout_secs, &console)?;
         let mut timeline = BootTimeline::default();
         let report = vmm.timeline();
@@ -249,8 +279,60 @@ impl Sandbox {
             .agent
             .create_sandbox(sandbox.ctx(), &req)
             .map_err(agent_err("CreateSandbox"))?;
+        if let Some(net) = &pod_network {
+            sandbox.configure_guest_network(net)?;
+        }
         undo.0 = None;
         Ok(sandbox)
+    }
+
+    /// Gives the guest's interfaces (found by MAC) the pod's addresses and
+    /// MTU, then the pod's routes.
+    fn configure_guest_network(&self, net: &PodNetwork) -> Result<(), SandboxError> {
+        let mut guest_names = std::collections::HashMap::new();
+        for iface in &net.interfaces {
+            let mut req = Interface::new();
+            req.hardware_address = iface.mac.clone();
+            req.mtu = iface.mtu;
+            req.up = true;
+            for cidr in &iface.addresses {
+                let Some((address, prefix)) = cidr.split_once('/') else {
+                    continue;
+                };
+                let mut ip = IpAddress::new();
+                ip.address = address.into();
+                ip.prefix_length = prefix.parse().unwrap_or(0);
+                req.addresses.push(ip);
+            }
+            let guest = self
+                .agent
+                .update_interface(self.ctx(), &req)
+                .map_err(agent_err("UpdateInterface"))?;
+            guest_names.insert(iface.name.clone(), guest.name);
+        }
+        let mut routes = Routes::new();
+        for r in &net.routes {
+            let Some(device) = guest_names.get(&r.device) else {
+                continue;
+            };
+            let mut route = Route::new();
+            route.destination = r.destination.clone();
+            route.gateway = r.gateway.clone().unwrap_or_default();
+            route.device = device.clone();
+            routes.routes.push(route);
+        }
+        if !routes.routes.is_empty() {
+            self.agent
+                .update_routes(self.ctx(), &routes)
+                .map_err(agent_err("UpdateRoutes"))?;
+        }
+        tracing::info!(
+            "sandbox {}: pod network in the guest: {:?}, {} routes",
+            self.id,
+            guest_names,
+            routes.routes.len()
+        );
+        Ok(())
     }
 
     pub fn id(&self) -> &str {
@@ -389,6 +471,30 @@ impl Sandbox {
         let _ = self.vmm.stop();
         remove_sandbox_dir(&self.dir)
     }
+}
+
+/// Starts the VMM thread inside the pod's network namespace, so the taps
+/// it opens (and every thread it starts) live there; in this process's own
+/// namespace when the pod has none.
+fn spawn_vmm(net: Option<&PodNetwork>, origin: Instant) -> Result<VmmHandle, SandboxError> {
+    let Some(net) = net else {
+        return Ok(VmmHandle::spawn(origin)?);
+    };
+    let ns = std::fs::File::open(&net.netns).map_err(|err| NetworkError::OpenNetns {
+        path: net.netns.clone(),
+        err,
+    })?;
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("vmm-spawn".into())
+            .spawn_scoped(scope, || {
+                network::enter(&ns, &net.netns)?;
+                Ok(VmmHandle::spawn(origin)?)
+            })
+            .map_err(|e| SandboxError::Network(NetworkError::Thread(e)))?
+            .join()
+            .unwrap_or_else(|_| Err(NetworkError::Thread(std::io::Error::other("panicked")).into()))
+    })
 }
 
 fn ms_since(origin: Instant) -> f64 {

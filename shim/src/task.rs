@@ -26,6 +26,7 @@ use skiff_agent_protocol::agent::{
     ContainerRequest, Empty, ExecProcessRequest, ProcessRequest, SignalProcessRequest,
     TtyWinResizeRequest, UpdateContainerRequest,
 };
+use skiff_runtime::network;
 use skiff_runtime::sandbox::{annotations, sandbox_id_of};
 use skiff_runtime::stdio::{Relays, StdioPaths};
 use skiff_runtime::{spec, RuntimeConfig, Sandbox};
@@ -234,7 +235,21 @@ impl Inner {
             .hostname()
             .clone()
             .unwrap_or_else(|| sandbox_id.to_string());
-        let sandbox = Sandbox::boot(sandbox_id, &hostname, config, origin)
+        let pod_network = match network::netns_of(spec) {
+            Some(netns) => Some(network::inspect(&netns).map_err(|e| {
+                status(
+                    Code::UNKNOWN,
+                    format!("sandbox {sandbox_id}: pod network: {e}"),
+                )
+            })?),
+            None => {
+                tracing::info!(
+                    "sandbox {sandbox_id} has no network namespace: the VM gets no network interface"
+                );
+                None
+            }
+        };
+        let sandbox = Sandbox::boot(sandbox_id, &hostname, config, pod_network, origin)
             .map(Arc::new)
             .map_err(|e| status(Code::UNKNOWN, format!("boot sandbox {sandbox_id}: {e}")))?;
         tracing::info!("sandbox {sandbox_id} boot timeline: {}", sandbox.timeline());
