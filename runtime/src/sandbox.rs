@@ -279,16 +279,27 @@ impl Sandbox {
             .agent
             .create_sandbox(sandbox.ctx(), &req)
             .map_err(agent_err("CreateSandbox"))?;
-        if let Some(net) = &pod_network {
-            sandbox.configure_guest_network(net)?;
-        }
+        sandbox.configure_guest_network(pod_network.as_ref())?;
         undo.0 = None;
         Ok(sandbox)
     }
 
-    /// Gives the guest's interfaces (found by MAC) the pod's addresses and
-    /// MTU, then the pod's routes.
-    fn configure_guest_network(&self, net: &PodNetwork) -> Result<(), SandboxError> {
+    /// Brings the guest's loopback up, gives the guest's interfaces (found
+    /// by MAC) the pod's IPv4 addresses and MTU, then the pod's IPv4
+    /// routes. The guest kernel has no IPv6: the pod's IPv6 addresses and
+    /// routes are left out (and logged).
+    fn configure_guest_network(&self, net: Option<&PodNetwork>) -> Result<(), SandboxError> {
+        let mut lo = Interface::new();
+        lo.name = "lo".into();
+        lo.up = true;
+        let mut localhost = IpAddress::new();
+        localhost.address = "127.0.0.1".into();
+        localhost.prefix_length = 8;
+        lo.addresses.push(localhost);
+        self.agent
+            .update_interface(self.ctx(), &lo)
+            .map_err(agent_err("UpdateInterface lo"))?;
+        let Some(net) = net else { return Ok(()) };
         let mut guest_names = std::collections::HashMap::new();
         for iface in &net.interfaces {
             let mut req = Interface::new();
@@ -299,6 +310,10 @@ impl Sandbox {
                 let Some((address, prefix)) = cidr.split_once('/') else {
                     continue;
                 };
+                if address.contains(':') {
+                    tracing::warn!("sandbox {}: IPv6 address {cidr} left out", self.id);
+                    continue;
+                }
                 let mut ip = IpAddress::new();
                 ip.address = address.into();
                 ip.prefix_length = prefix.parse().unwrap_or(0);
@@ -315,6 +330,10 @@ impl Sandbox {
             let Some(device) = guest_names.get(&r.device) else {
                 continue;
             };
+            let v6 = |a: &str| a.contains(':');
+            if v6(&r.destination) || r.gateway.as_deref().is_some_and(v6) {
+                continue;
+            }
             let mut route = Route::new();
             route.destination = r.destination.clone();
             route.gateway = r.gateway.clone().unwrap_or_default();

@@ -8,6 +8,7 @@ mod container;
 mod files;
 mod init;
 mod mounts;
+mod netlink;
 mod network;
 mod oom;
 mod reaper;

@@ -12,6 +12,7 @@ use skiff_agent_protocol::PROTOCOL_VERSION;
 use ttrpc::{Code, TtrpcContext};
 
 use crate::container::ContainerError;
+use crate::network::NetworkError;
 use crate::sandbox::{Sandbox, SandboxError};
 
 pub struct Service {
@@ -60,9 +61,30 @@ fn serr(e: SandboxError) -> ttrpc::Error {
     status(code, e)
 }
 
-fn other(e: impl std::fmt::Display) -> ttrpc::Error {
+fn nerr(e: NetworkError) -> ttrpc::Error {
+    use nix::errno::Errno;
     tracing::warn!("request failed: {e}");
-    status(Code::INTERNAL, e)
+    let code = match &e {
+        NetworkError::Invalid(_) => Code::INVALID_ARGUMENT,
+        NetworkError::NotFound(_) => Code::NOT_FOUND,
+        NetworkError::Kernel { .. } => match e.errno() {
+            // A bad MTU, an unreachable gateway, an address the device
+            // cannot take.
+            Some(
+                Errno::EINVAL
+                | Errno::ERANGE
+                | Errno::ENETUNREACH
+                | Errno::EADDRNOTAVAIL
+                | Errno::EAFNOSUPPORT,
+            ) => Code::INVALID_ARGUMENT,
+            Some(Errno::ENODEV) => Code::NOT_FOUND,
+            Some(Errno::EEXIST) => Code::ALREADY_EXISTS,
+            // A route on a device that is down.
+            Some(Errno::ENETDOWN) => Code::FAILED_PRECONDITION,
+            _ => Code::INTERNAL,
+        },
+    };
+    status(code, e)
 }
 
 type R<T> = ttrpc::Result<T>;
@@ -268,29 +290,25 @@ impl AgentService for Service {
         Ok(r)
     }
 
-    fn update_interface(&self, _: &TtrpcContext, _: Interface) -> R<Interface> {
-        Err(status(
-            Code::UNIMPLEMENTED,
-            crate::network::NetworkError::Unimplemented("UpdateInterface"),
-        ))
+    fn update_interface(&self, _: &TtrpcContext, req: Interface) -> R<Interface> {
+        crate::network::update_interface(&req).map_err(nerr)
     }
 
-    fn update_routes(&self, _: &TtrpcContext, _: Routes) -> R<Routes> {
-        Err(status(
-            Code::UNIMPLEMENTED,
-            crate::network::NetworkError::Unimplemented("UpdateRoutes"),
-        ))
+    fn update_routes(&self, _: &TtrpcContext, req: Routes) -> R<Routes> {
+        let mut r = Routes::new();
+        r.routes = crate::network::update_routes(&req.routes).map_err(nerr)?;
+        Ok(r)
     }
 
     fn list_interfaces(&self, _: &TtrpcContext, _: Empty) -> R<Interfaces> {
         let mut r = Interfaces::new();
-        r.interfaces = crate::network::list_interfaces().map_err(other)?;
+        r.interfaces = crate::network::list_interfaces().map_err(nerr)?;
         Ok(r)
     }
 
     fn list_routes(&self, _: &TtrpcContext, _: Empty) -> R<Routes> {
         let mut r = Routes::new();
-        r.routes = crate::network::list_routes().map_err(other)?;
+        r.routes = crate::network::list_routes().map_err(nerr)?;
         Ok(r)
     }
 

@@ -1,4 +1,4 @@
-//! Runs skiff-agent on the host, as root, in private mount/PID/UTS/IPC
+//! Runs skiff-agent on the host, as root, in private mount/PID/UTS/IPC/net
 //! namespaces (`unshare`), listening on a Unix socket, and drives every
 //! RPC through the real ttrpc client. Container rootfs: a directory with
 //! Debian's busybox-static. cgroups: a fresh directory in the host's
@@ -90,6 +90,7 @@ impl Agent {
                 "--mount",
                 "--uts",
                 "--ipc",
+                "--net",
                 "--pid",
                 "--fork",
                 "--kill-child",
@@ -708,8 +709,9 @@ fn sandbox_and_guest_calls() {
     let ifs = c.list_interfaces(ctx(), &Empty::new()).unwrap();
     assert!(ifs.interfaces.iter().any(|i| i.name == "lo"), "{ifs:?}");
     c.list_routes(ctx(), &Empty::new()).unwrap();
-    let (code, _) = err_msg(c.update_routes(ctx(), &Routes::new()));
-    assert_eq!(code, ttrpc::Code::UNIMPLEMENTED);
+    // Naming no device, UpdateRoutes changes nothing (network_updates
+    // changes things, on its own devices).
+    c.update_routes(ctx(), &Routes::new()).unwrap();
     // CopyFile in two chunks.
     let path = format!("/run/skiff/test-{}/hosts", std::process::id());
     for (off, chunk) in [(0u64, &b"127.0.0.1 "[..]), (10, &b"localhost\n"[..])] {
@@ -743,4 +745,194 @@ fn sandbox_and_guest_calls() {
     }
     assert_eq!(a.cgroup_children(), Vec::<String>::new());
     let _ = std::fs::remove_file("/run/skiff/resolv.conf");
+}
+
+fn ip_address(a: &str, len: u32) -> IpAddress {
+    let mut i = IpAddress::new();
+    i.address = a.into();
+    i.prefix_length = len;
+    i
+}
+
+fn route(dst: &str, gw: &str, dev: &str) -> Route {
+    let mut r = Route::new();
+    r.destination = dst.into();
+    r.gateway = gw.into();
+    r.device = dev.into();
+    r
+}
+
+/// The routes of `devs`, as "dst[ via gw] dev d" lines, sorted.
+fn route_lines(routes: &[Route], devs: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = routes
+        .iter()
+        .filter(|r| devs.contains(&r.device.as_str()))
+        .map(|r| {
+            let via = if r.gateway.is_empty() {
+                String::new()
+            } else {
+                format!(" via {}", r.gateway)
+            };
+            format!("{}{via} dev {}", r.destination, r.device)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn addr_lines(i: &Interface) -> Vec<String> {
+    i.addresses
+        .iter()
+        .filter(|a| !a.address.contains(':'))
+        .map(|a| format!("{}/{}", a.address, a.prefix_length))
+        .collect()
+}
+
+#[test]
+fn network_updates() {
+    require_host!();
+    if Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("SKIPPED: no ip command: apt-get install iproute2");
+        return;
+    }
+    // The agent's private network namespace gets a veth pair: vguest
+    // stands in for the guest's virtio-net device, vpeer for another one.
+    let a = Agent::launch("net");
+    let pid = a.agent_pid().to_string();
+    let ip = |args: &str| {
+        let out = Command::new("nsenter")
+            .args(["-t", &pid, "-n", "ip"])
+            .args(args.split_whitespace())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip("link add vguest address 02:00:00:aa:bb:01 type veth peer name vpeer");
+    ip("addr add 10.92.0.1/24 dev vpeer");
+    ip("link set vpeer up");
+    let c = &a.client;
+
+    // Found by hardware address (any case) when the name is not there.
+    let mut req = Interface::new();
+    req.name = "eth0".into();
+    req.hardware_address = "02:00:00:AA:BB:01".into();
+    req.mtu = 1400;
+    req.addresses = vec![ip_address("10.88.0.5", 16), ip_address("10.89.0.5/24", 0)];
+    req.up = true;
+    let got = c.update_interface(ctx(), &req).unwrap();
+    assert_eq!(got.name, "vguest");
+    assert_eq!(got.hardware_address, "02:00:00:aa:bb:01");
+    assert_eq!((got.mtu, got.up), (1400, true));
+    assert_eq!(addr_lines(&got), ["10.88.0.5/16", "10.89.0.5/24"]);
+    let listed = c.list_interfaces(ctx(), &Empty::new()).unwrap();
+    assert_eq!(
+        listed.interfaces.iter().find(|i| i.name == "vguest"),
+        Some(&got)
+    );
+    // By name; the addresses are replaced, a zero MTU leaves it.
+    req.name = "vguest".into();
+    req.hardware_address.clear();
+    req.mtu = 0;
+    req.addresses = vec![ip_address("10.88.0.5", 16), ip_address("10.90.0.5", 24)];
+    let got = c.update_interface(ctx(), &req).unwrap();
+    assert_eq!(got.mtu, 1400);
+    assert_eq!(addr_lines(&got), ["10.88.0.5/16", "10.90.0.5/24"]);
+
+    // Routes: a stale one goes, a link-local one and another device's stay.
+    ip("route add 10.91.0.0/24 dev vguest");
+    ip("route add 169.254.1.1 dev vguest");
+    ip("route add 10.93.0.0/24 dev vpeer");
+    let mut rr = Routes::new();
+    rr.routes = vec![
+        route("default", "10.94.0.1", "vguest"),
+        route("10.95.0.0/16", "10.90.0.254", "vguest"),
+        route("10.94.0.0/24", "", "vguest"),
+    ];
+    let expected = [
+        "10.88.0.0/16 dev vguest",
+        "10.90.0.0/24 dev vguest",
+        "10.92.0.0/24 dev vpeer",
+        "10.93.0.0/24 dev vpeer",
+        "10.94.0.0/24 dev vguest",
+        "10.95.0.0/16 via 10.90.0.254 dev vguest",
+        "169.254.1.1/32 dev vguest",
+        "default via 10.94.0.1 dev vguest",
+    ];
+    let got = c.update_routes(ctx(), &rr).unwrap();
+    assert_eq!(route_lines(&got.routes, &["vguest", "vpeer"]), expected);
+    let listed = c.list_routes(ctx(), &Empty::new()).unwrap();
+    assert_eq!(listed, got);
+    // Again: the same table.
+    let again = c.update_routes(ctx(), &rr).unwrap();
+    assert_eq!(route_lines(&again.routes, &["vguest", "vpeer"]), expected);
+
+    // Bad input, each error naming what it is about.
+    let bad_if = |f: &dyn Fn(&mut Interface)| {
+        let mut r = req.clone();
+        f(&mut r);
+        err_msg(c.update_interface(ctx(), &r))
+    };
+    let (code, msg) = bad_if(&|r| r.name = "nope0".into());
+    assert_eq!(code, ttrpc::Code::NOT_FOUND, "{msg}");
+    assert_eq!(msg, "interface \"nope0\" not found");
+    let (code, msg) = bad_if(&|r| {
+        r.name.clear();
+        r.hardware_address = "02:00:00:00:00:99".into();
+    });
+    assert_eq!(code, ttrpc::Code::NOT_FOUND, "{msg}");
+    assert!(msg.contains("02:00:00:00:00:99"), "{msg}");
+    let (code, msg) = bad_if(&|r| r.addresses.push(ip_address("10.0.0.300", 24)));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("10.0.0.300"), "{msg}");
+    let (code, msg) = bad_if(&|r| r.addresses.push(ip_address("fd00::5", 64)));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+    assert!(
+        msg.contains("IPv6 addresses are not supported yet"),
+        "{msg}"
+    );
+    let (code, msg) = bad_if(&|r| r.mtu = 70000);
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+    assert!(
+        msg.starts_with("set MTU 70000 on interface \"vguest\""),
+        "{msg}"
+    );
+    let (code, msg) = bad_if(&|r| r.hardware_address = "02:00:00:00:00:99".into());
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+    let bad_routes = |r: Route| {
+        let mut rr2 = rr.clone();
+        rr2.routes.push(r);
+        err_msg(c.update_routes(ctx(), &rr2))
+    };
+    let (code, msg) = bad_routes(route("10.0.0.0/33", "", "vguest"));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("10.0.0.0/33 dev vguest"), "{msg}");
+    let (code, msg) = bad_routes(route("10.96.0.0/16", "", "nope0"));
+    assert_eq!(code, ttrpc::Code::NOT_FOUND, "{msg}");
+    assert!(msg.contains("nope0"), "{msg}");
+    // A gateway no route reaches: refused, and the table is as it was,
+    // the stale route it removed first put back.
+    ip("route add 10.91.0.0/24 dev vguest");
+    let (code, msg) = bad_routes(route("10.97.0.0/16", "192.168.77.1", "vguest"));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+    assert!(
+        msg.starts_with("add route \"10.97.0.0/16 via 192.168.77.1 dev vguest\""),
+        "{msg}"
+    );
+    let after = c.list_routes(ctx(), &Empty::new()).unwrap();
+    let mut with_stale = expected.to_vec();
+    with_stale.insert(2, "10.91.0.0/24 dev vguest");
+    assert_eq!(route_lines(&after.routes, &["vguest", "vpeer"]), with_stale);
+
+    // Down: shown down.
+    req.up = false;
+    let got = c.update_interface(ctx(), &req).unwrap();
+    assert!(!got.up);
+    // Routes need the device up.
+    let (code, msg) = err_msg(c.update_routes(ctx(), &rr));
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
+    assert!(msg.contains("Network is down"), "{msg}");
 }
