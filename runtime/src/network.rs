@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 
 /// Tap devices are named `skiff-tap<N>` in the pod's namespace.
 const TAP_PREFIX: &str = "skiff-tap";
-const ETH_P_ALL: u16 = 0x0003;
+/// tc takes the protocol in network byte order (`protocol all`).
+const PROTOCOL_ALL: u16 = (libc::ETH_P_ALL as u16).to_be();
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -329,7 +330,7 @@ pub fn connect(net: &PodNetwork) -> Result<(), NetworkError> {
                     .traffic_filter(from as i32)
                     .add()
                     .parent(0xffff_0000)
-                    .protocol(ETH_P_ALL)
+                    .protocol(PROTOCOL_ALL)
                     .redirect(to)
                     .map_err(nl(format!("build redirect filter on {what}")))?
                     .execute()

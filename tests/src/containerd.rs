@@ -190,3 +190,99 @@ pub fn leftovers(sandbox_id: &str) -> Vec<String> {
     }
     left
 }
+
+/// A network namespace made by a test with one veth pair: `pod` inside
+/// (as a CNI plugin would leave it, with an address and a default route)
+/// and `host` outside. Removed on drop.
+pub struct TestNetns {
+    pub name: String,
+    pub path: PathBuf,
+    pub host_if: String,
+    pub host_ip: String,
+    pub pod_ip: String,
+}
+
+fn ip(args: &[&str]) -> std::process::Output {
+    Command::new("ip").args(args).output().expect("run ip")
+}
+
+impl TestNetns {
+    /// `index` picks the subnet 10.231.INDEX.0/24 and the names.
+    pub fn new(index: u8) -> Self {
+        let name = format!("skiff-test-{}-{index}", std::process::id());
+        let host_if = format!("sk{}h{index}", std::process::id() % 100000);
+        let me = Self {
+            path: PathBuf::from("/var/run/netns").join(&name),
+            name,
+            host_if,
+            host_ip: format!("10.231.{index}.1"),
+            pod_ip: format!("10.231.{index}.2"),
+        };
+        let n = me.name.as_str();
+        let host_cidr = format!("{}/24", me.host_ip);
+        let pod_cidr = format!("{}/24", me.pod_ip);
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", n],
+            vec![
+                "link",
+                "add",
+                &me.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                n,
+            ],
+            vec!["addr", "add", &host_cidr, "dev", &me.host_if],
+            vec!["link", "set", &me.host_if, "up"],
+            vec!["-n", n, "addr", "add", &pod_cidr, "dev", "eth0"],
+            vec!["-n", n, "link", "set", "eth0", "up"],
+            vec!["-n", n, "link", "set", "lo", "up"],
+            vec!["-n", n, "route", "add", "default", "via", &me.host_ip],
+        ];
+        for step in steps {
+            let out = ip(&step);
+            assert!(
+                out.status.success(),
+                "ip {step:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        me
+    }
+
+    /// `ip -n NS ARGS` output.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend(args);
+        String::from_utf8_lossy(&ip(&full).stdout).into_owned()
+    }
+
+    /// Taps and tc ingress qdiscs Skiff left in the namespace.
+    pub fn skiff_leftovers(&self) -> Vec<String> {
+        let mut left: Vec<String> = self
+            .ip(&["-o", "link", "show"])
+            .lines()
+            .filter(|l| l.contains("skiff-tap"))
+            .map(|l| format!("link {l}"))
+            .collect();
+        let out = Command::new("tc")
+            .args(["-n", &self.name, "qdisc", "show", "dev", "eth0", "ingress"])
+            .output()
+            .expect("run tc");
+        let qdiscs = String::from_utf8_lossy(&out.stdout).into_owned();
+        if qdiscs.contains("ingress") {
+            left.push(format!("qdisc on eth0: {qdiscs}"));
+        }
+        left
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        ip(&["link", "del", &self.host_if]);
+        ip(&["netns", "del", &self.name]);
+    }
+}

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use skiff_tests::containerd::{
-    image_archive, leftovers, Containerd, Ctr, BUSYBOX, NAMESPACE, RUNTIME,
+    image_archive, leftovers, Containerd, Ctr, TestNetns, BUSYBOX, NAMESPACE, RUNTIME,
 };
 
 struct Scratch(PathBuf);
@@ -190,21 +190,18 @@ fn containers_run_through_real_containerd() {
     assert_clean(&ctrd, "tty");
     steps.mark("ctr run -t --rm: TTY output, exit 3");
 
-    // A long-running container: exec into it, pause, resume, kill.
+    // A long-running container in a network namespace made like a CNI
+    // plugin would (veth with an address): exec into it, reach the host
+    // over the pod network, pause, resume, kill.
+    let long_net = TestNetns::new(1);
     let socket = ctrd.socket.clone();
+    let with_ns = format!("network:{}", long_net.path.display());
     let long_run = std::thread::spawn(move || -> Ctr {
         Command::new("ctr")
             .arg("-a")
             .arg(socket)
-            .args([
-                "-n",
-                NAMESPACE,
-                "run",
-                "--rm",
-                "--runtime",
-                RUNTIME,
-                BUSYBOX,
-            ])
+            .args(["-n", NAMESPACE, "run", "--rm", "--runtime", RUNTIME])
+            .args(["--with-ns", &with_ns, BUSYBOX])
             .args(["long", "sleep", "1000"])
             .stdin(Stdio::null())
             .output()
@@ -244,6 +241,33 @@ fn containers_run_through_real_containerd() {
     );
     steps.mark("ctr task exec: output, exit 4, TTY");
 
+    let out = ctrd.ctr(&["task", "exec", "--exec-id", "e3", "long", "ip", "addr"]);
+    expect(&out, 0, "ip addr", &ctrd);
+    assert!(
+        out.stdout.contains(&format!("inet {}/24", long_net.pod_ip)),
+        "the pod's address is not in the guest: {}",
+        out.stdout
+    );
+    let ping = ["ping", "-c", "1", "-W", "20", long_net.host_ip.as_str()];
+    let mut exec = vec!["task", "exec", "--exec-id", "e4", "long"];
+    exec.extend(ping);
+    expect(
+        &ctrd.ctr(&exec),
+        0,
+        "ping the host from the container",
+        &ctrd,
+    );
+    let host_ping = Command::new("ping")
+        .args(["-c", "1", "-W", "20", &long_net.pod_ip])
+        .output()
+        .unwrap();
+    assert!(
+        host_ping.status.success(),
+        "host cannot ping the pod: {host_ping:?}"
+    );
+    assert!(long_net.ip(&["link"]).contains("skiff-tap0"));
+    steps.mark("pod network: address in the guest, ping both ways");
+
     let out = ctrd.ctr(&["task", "metrics", "long"]);
     expect(&out, 0, "metrics", &ctrd);
     assert!(out.stdout.contains("memory.usage"), "{}", out.stdout);
@@ -262,15 +286,20 @@ fn containers_run_through_real_containerd() {
     let out = long_run.join().unwrap();
     expect(&out, 128 + 9, "ctr run long after SIGKILL", &ctrd);
     assert_clean(&ctrd, "long");
-    steps.mark("ctr task kill -s SIGKILL: run reports 137");
+    assert_eq!(long_net.skiff_leftovers(), Vec::<String>::new());
+    steps.mark("ctr task kill -s SIGKILL: run reports 137, no tap or qdisc left");
 
     // The shim dies with the VM inside it; containerd's `shim delete`
     // and the task/container removal leave nothing behind.
+    let crash_net = TestNetns::new(2);
+    let with_ns = format!("network:{}", crash_net.path.display());
     let out = ctrd.ctr(&[
         "run",
         "-d",
         "--runtime",
         RUNTIME,
+        "--with-ns",
+        &with_ns,
         BUSYBOX,
         "crash",
         "sleep",
@@ -278,6 +307,10 @@ fn containers_run_through_real_containerd() {
     ]);
     expect(&out, 0, "run -d crash", &ctrd);
     wait_status(&ctrd, "crash", "RUNNING");
+    assert!(
+        !crash_net.skiff_leftovers().is_empty(),
+        "no tap or qdisc was made"
+    );
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read("/run/skiff/sbs/crash/persist.json").unwrap())
             .unwrap();
@@ -300,5 +333,6 @@ fn containers_run_through_real_containerd() {
         &ctrd,
     );
     assert_clean(&ctrd, "crash");
+    assert_eq!(crash_net.skiff_leftovers(), Vec::<String>::new());
     steps.mark("shim SIGKILL + task rm -f + c rm: nothing left");
 }
