@@ -83,8 +83,11 @@ impl containerd_shim::Shim for Service {
             .map(|c| c.log.level)
             .unwrap_or_else(|_| "info".into());
         crate::logging::init(&level, self.debug);
-        tracing::info!(
-            "{RUNTIME_ID} shim {} serving (namespace {})",
+        // Logged before containerd-shim binds the socket: for the second
+        // and later containers of a pod this process finds the pod's shim
+        // there and exits.
+        tracing::debug!(
+            "{RUNTIME_ID} shim process {} starting (namespace {})",
             std::process::id(),
             self.namespace
         );

@@ -268,14 +268,65 @@ fn containers_run_through_real_containerd() {
     assert!(long_net.ip(&["link"]).contains("skiff-tap0"));
     steps.mark("pod network: address in the guest, ping both ways");
 
+    // Limits set through `ctr task update` land in the guest's cgroup v2
+    // and come back in the metrics.
+    let resources = scratch.0.join("resources.json");
+    std::fs::write(
+        &resources,
+        r#"{"memory": {"limit": 67108864}, "pids": {"limit": 32}, "cpu": {"quota": 50000, "period": 100000}}"#,
+    )
+    .unwrap();
+    let update = [
+        "task",
+        "update",
+        "--resources",
+        resources.to_str().unwrap(),
+        "long",
+    ];
+    expect(&ctrd.ctr(&update), 0, "task update", &ctrd);
     let out = ctrd.ctr(&["task", "metrics", "long"]);
     expect(&out, 0, "metrics", &ctrd);
-    assert!(out.stdout.contains("memory.usage"), "{}", out.stdout);
+    let metric = |name: &str| -> Option<String> {
+        out.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        metric("memory.usage_limit").as_deref(),
+        Some("67108864"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        metric("pids.limit").as_deref(),
+        Some("32"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        metric("pids.current").is_some_and(|n| n != "0"),
+        "{}",
+        out.stdout
+    );
+    // The guest clock was set from the host's at boot (SetGuestDateTime).
+    let out = ctrd.ctr(&["task", "exec", "--exec-id", "e5", "long", "date", "+%s"]);
+    expect(&out, 0, "date", &ctrd);
+    let guest_now: i64 = out.stdout.trim().parse().unwrap();
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (guest_now - host_now).abs() < 120,
+        "guest clock {guest_now}, host {host_now}"
+    );
     expect(&ctrd.ctr(&["task", "pause", "long"]), 0, "pause", &ctrd);
     assert_eq!(task_status(&ctrd, "long").as_deref(), Some("PAUSED"));
     expect(&ctrd.ctr(&["task", "resume", "long"]), 0, "resume", &ctrd);
     assert_eq!(task_status(&ctrd, "long").as_deref(), Some("RUNNING"));
-    steps.mark("metrics, pause, resume");
+    steps.mark("update limits, metrics, guest clock, pause, resume");
 
     expect(
         &ctrd.ctr(&["task", "kill", "-s", "SIGKILL", "long"]),
