@@ -30,10 +30,10 @@ build: rust
 
 # Debian packages the tests need: protoc (the CRI client's protos), containerd
 # and runc (the shim tests), busybox-static (their images), ping, ip and tc
-# (the pod network checks).
+# (the pod network checks), the CNI bridge and host-local plugins.
 test-deps:
 	@bash -c 'log() { printf "test-deps: %s\n" "$$*" >&2; }; die() { log "ERROR: $$*"; exit 1; }; \
-		. scripts/apt-install.sh && apt_install protobuf-compiler containerd runc busybox-static iputils-ping iproute2'
+		. scripts/apt-install.sh && apt_install protobuf-compiler containerd runc busybox-static iputils-ping iproute2 containernetworking-plugins'
 
 # Unit tests need no guest; the integration tests in tests/ boot real ones.
 test: test-deps build guest

@@ -1,9 +1,11 @@
 //! Skiff under containerd's CRI plugin, driven the way a kubelet drives it:
 //! a small CRI client (k8s-cri over containerd's unix socket) runs one pod
-//! with runtime handler `skiff` (one VM), two busybox containers in it,
-//! ExecSync in each, checks that both share the pod's one shim and VM, then
-//! stops and removes the pod and checks that nothing is left on the host.
-//! Prints each step's time.
+//! with runtime handler `skiff` (one VM) on a CNI bridge network (Debian's
+//! containernetworking-plugins: bridge + host-local), two busybox
+//! containers in it, ExecSync in each, checks that both share the pod's one
+//! shim and VM, that the pod's IP is the guest's and TCP works both ways
+//! between the pod and the host, then stops and removes the pod and checks
+//! that nothing is left on the host. Prints each step's time.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -142,14 +144,60 @@ async fn connect(socket: &Path) -> RuntimeServiceClient<Channel> {
     RuntimeServiceClient::new(channel)
 }
 
-/// Host networking: there is no CNI configuration in the private containerd.
-fn host_network() -> cri::NamespaceOption {
+/// The pod's own network namespace (set up by the CNI bridge plugin).
+fn pod_network() -> cri::NamespaceOption {
     cri::NamespaceOption {
-        network: cri::NamespaceMode::Node as i32,
+        network: cri::NamespaceMode::Pod as i32,
         pid: cri::NamespaceMode::Container as i32,
         ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
     }
+}
+
+/// The CNI bridge this test configures: pods get 10.213.0.0/24 addresses
+/// behind the bridge, whose host side (the gateway) is 10.213.0.1.
+const BRIDGE: &str = "skiffbr0";
+const GATEWAY: &str = "10.213.0.1";
+/// Bytes sent each way over TCP between the pod and the host.
+const TRANSFER_BYTES: usize = 2 << 20;
+
+fn write_cni_config(containerd: &Containerd) {
+    let conf = serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": "skiff-test",
+        "plugins": [{
+            "type": "bridge",
+            "bridge": BRIDGE,
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.213.0.0/24", "gateway": GATEWAY}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": containerd.dir.join("cni/ipam")
+            }
+        }]
+    });
+    std::fs::write(
+        containerd.dir.join("cni/conf/10-skiff-test.conflist"),
+        serde_json::to_vec_pretty(&conf).unwrap(),
+    )
+    .unwrap();
+}
+
+/// md5 of `bytes`, by the host's md5sum (the guest side uses busybox's).
+fn md5(bytes: &[u8], scratch: &Path) -> String {
+    let file = scratch.join("received");
+    std::fs::write(&file, bytes).unwrap();
+    let out = std::process::Command::new("md5sum")
+        .arg(&file)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn pod_config(log_directory: &Path) -> cri::PodSandboxConfig {
@@ -163,7 +211,7 @@ fn pod_config(log_directory: &Path) -> cri::PodSandboxConfig {
         log_directory: log_directory.to_str().unwrap().into(),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(host_network()),
+                namespace_options: Some(pod_network()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -187,7 +235,7 @@ fn container_config(name: &str, command: &[&str], args: &[&str]) -> cri::Contain
         log_path: format!("{name}.log"),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(host_network()),
+                namespace_options: Some(pod_network()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -261,6 +309,7 @@ fn cri_pod_with_two_containers_in_one_vm() {
         container_logs: logs.clone(),
         pod: None,
     };
+    write_cni_config(&containerd);
     steps.mark("containerd started");
     containerd.import(CRI_NAMESPACE, &busybox);
     containerd.import(CRI_NAMESPACE, &pause);
@@ -283,6 +332,25 @@ fn cri_pod_with_two_containers_in_one_vm() {
         assert_eq!(version.runtime_name, "containerd", "{version:?}");
         assert_eq!(version.runtime_api_version, "v1", "{version:?}");
         steps.mark("Version");
+
+        // containerd picks up the CNI configuration written after it started.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = client
+                .status(req(cri::StatusRequest { verbose: false }))
+                .await
+                .expect("Status")
+                .into_inner();
+            let ready = status.status.iter().flat_map(|s| &s.conditions).any(|c| {
+                c.r#type == "NetworkReady" && c.status
+            });
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "CNI never became ready: {status:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        steps.mark("CNI network ready");
 
         let pod_config = pod_config(&logs);
         let pod_id = client
@@ -313,6 +381,12 @@ fn cri_pod_with_two_containers_in_one_vm() {
             "{status:?}"
         );
         assert_eq!(status.runtime_handler, HANDLER, "{status:?}");
+        let pod_ip = status
+            .network
+            .as_ref()
+            .map(|n| n.ip.clone())
+            .unwrap_or_default();
+        assert!(pod_ip.starts_with("10.213.0."), "pod IP {pod_ip:?}: {status:?}");
         let shims = shims_of(&containerd, &pod_id);
         assert_eq!(shims.len(), 1, "one shim for pod {pod_id}: {shims:?}");
 
@@ -383,6 +457,90 @@ fn cri_pod_with_two_containers_in_one_vm() {
         assert_eq!(String::from_utf8_lossy(&out.stderr), "failing\n");
         assert!(out.stdout.is_empty(), "{out:?}");
         steps.mark("ExecSync exit 3 in c2");
+
+        // UpdateContainerResources reaches the guest's cgroup v2 (through
+        // the task API's Update), seen in the task's metrics.
+        client
+            .update_container_resources(req(cri::UpdateContainerResourcesRequest {
+                container_id: ids[0].clone(),
+                linux: Some(cri::LinuxContainerResources {
+                    memory_limit_in_bytes: 64 << 20,
+                    cpu_period: 100_000,
+                    cpu_quota: 50_000,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))
+            .await
+            .expect("UpdateContainerResources");
+        let metrics = containerd.ctr_in(CRI_NAMESPACE, &["task", "metrics", &ids[0]]);
+        assert!(
+            metrics
+                .stdout
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["memory.usage_limit", "67108864"]),
+            "{metrics:?}"
+        );
+        steps.mark("UpdateContainerResources: memory limit in the guest");
+
+        // The pod's network, carried into the VM: its address is the
+        // guest's, and TCP works both ways through the bridge, intact.
+        let out = exec_sync(&mut client, &ids[0], &["ip", "-4", "addr"]).await;
+        let addrs = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(addrs.contains(&format!("inet {pod_ip}/24")), "{addrs}");
+        steps.mark("pod IP in the container (ip addr)");
+
+        let listener = std::net::TcpListener::bind((GATEWAY, 0)).expect("listen on the bridge");
+        let port = listener.local_addr().unwrap().port();
+        let receiver = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut data = vec![0u8; TRANSFER_BYTES];
+            std::io::Read::read_exact(&mut conn, &mut data).unwrap();
+            data
+        });
+        let send = format!(
+            "dd if=/dev/urandom of=/tmp/up bs=64k count={} 2>/dev/null && md5sum /tmp/up && nc {GATEWAY} {port} < /tmp/up",
+            TRANSFER_BYTES / 65536
+        );
+        let started = Instant::now();
+        let out = exec_sync(&mut client, &ids[0], &["sh", "-c", &send]).await;
+        let received = receiver.join().unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        let guest_sum = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            guest_sum.starts_with(&md5(&received, &scratch)),
+            "pod->host data differs: guest {guest_sum:?} {out:?}"
+        );
+        steps.mark(&format!("pod -> host TCP {} MiB intact ({secs:.1} s with dd)", TRANSFER_BYTES >> 20));
+
+        let serve = format!(
+            "dd if=/dev/urandom of=/tmp/down bs=64k count={} 2>/dev/null && md5sum /tmp/down > /tmp/down.md5 && nc -l -p 8080 < /tmp/down",
+            TRANSFER_BYTES / 65536
+        );
+        let addr = format!("{pod_ip}:8080");
+        let fetcher = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            let mut conn = loop {
+                match std::net::TcpStream::connect(&addr) {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "connect {addr}: {e}");
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                }
+            };
+            let mut data = vec![0u8; TRANSFER_BYTES];
+            std::io::Read::read_exact(&mut conn, &mut data).unwrap();
+            data
+        });
+        let out = exec_sync(&mut client, &ids[1], &["sh", "-c", &serve]).await;
+        let fetched = fetcher.join().unwrap();
+        let out2 = exec_sync(&mut client, &ids[1], &["cat", "/tmp/down.md5"]).await;
+        assert!(
+            String::from_utf8_lossy(&out2.stdout).starts_with(&md5(&fetched, &scratch)),
+            "host<-pod data differs: {out:?} {out2:?}"
+        );
+        steps.mark(&format!("host -> server in the pod: TCP {} MiB intact", TRANSFER_BYTES >> 20));
 
         for (name, id) in CONTAINERS.iter().zip(&ids) {
             let status = client

@@ -137,6 +137,9 @@ impl CgroupRoot {
     }
 }
 
+/// Exists only when the kernel accounts swap.
+const SWAP_MAX: &str = "memory.swap.max";
+
 /// One container's cgroup.
 #[derive(Debug, Clone)]
 pub struct Cgroup {
@@ -272,6 +275,15 @@ impl Cgroup {
         for (file, value) in resource_writes(res) {
             let path = self.path.join(file);
             if let Err(source) = write_file(&path, &value) {
+                if source.kind() == ErrorKind::NotFound && file == SWAP_MAX {
+                    // A kernel without swap (or swap accounting) cannot
+                    // swap: there is nothing to limit.
+                    tracing::debug!(
+                        "{}: no swap in this kernel, {file} skipped",
+                        self.path.display()
+                    );
+                    continue;
+                }
                 if source.kind() == ErrorKind::NotFound {
                     return Err(CgroupError::ControllerUnavailable {
                         controller: file.split('.').next().unwrap_or(file).to_string(),
@@ -473,6 +485,25 @@ mod tests {
         };
         let err = cg.apply(&res(r#"{"pids":{"limit":5}}"#)).unwrap_err();
         assert!(err.to_string().contains("controller \"pids\""), "{err}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_swap_limit_without_swap_accounting_is_skipped() {
+        let dir = std::env::temp_dir().join(format!("skiff-cg-swap-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("memory.max"), "max").unwrap();
+        let cg = Cgroup {
+            path: dir.clone(),
+            root: dir.clone(),
+        };
+        // containerd's CRI sets swap = limit; the guest kernel has no swap.
+        cg.apply(&res(r#"{"memory":{"limit":67108864,"swap":67108864}}"#))
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("memory.max")).unwrap(),
+            "67108864"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 }

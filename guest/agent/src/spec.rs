@@ -120,10 +120,26 @@ pub fn exec_candidates(arg0: &str, env: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Adds the `GLIBC_TUNABLES` the guest was booted with (the VMM sets it
+/// only where the guest kernel cannot switch AVX state between processes:
+/// see SOFTWARE_KVM_CMDLINE in vmm/src/config.rs) to a container process's
+/// environment, unless the spec sets its own.
+fn with_boot_tunables(mut env: Vec<String>, boot: Option<String>) -> Vec<String> {
+    if let Some(tunables) = boot {
+        if !env.iter().any(|e| e.starts_with("GLIBC_TUNABLES=")) {
+            env.push(format!("GLIBC_TUNABLES={tunables}"));
+        }
+    }
+    env
+}
+
 pub fn process_setup(p: &Process, rootfs: &Path) -> Result<ProcessSetup, SpecError> {
     let args = p.args().clone().unwrap_or_default();
     let arg0 = args.first().ok_or(SpecError::NoArgs)?;
-    let env = p.env().clone().unwrap_or_default();
+    let env = with_boot_tunables(
+        p.env().clone().unwrap_or_default(),
+        std::env::var("GLIBC_TUNABLES").ok(),
+    );
     Ok(ProcessSetup {
         exec_candidates: exec_candidates(arg0, &env)
             .iter()
@@ -307,6 +323,21 @@ mod tests {
 
     fn spec(json: &str) -> Spec {
         parse_spec(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn boot_tunables_reach_processes_unless_the_spec_sets_its_own() {
+        let env = vec!["PATH=/bin".to_string()];
+        assert_eq!(with_boot_tunables(env.clone(), None), env);
+        assert_eq!(
+            with_boot_tunables(env.clone(), Some("glibc.cpu.hwcaps=-AVX2".into())),
+            vec![
+                "PATH=/bin".to_string(),
+                "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2".into()
+            ]
+        );
+        let own = vec!["GLIBC_TUNABLES=glibc.malloc.check=3".to_string()];
+        assert_eq!(with_boot_tunables(own.clone(), Some("x".into())), own);
     }
 
     #[test]
