@@ -289,9 +289,19 @@ no_timer_check io_delay=none 8250.nr_uarts=1 rcupdate.rcu_expedited=1";
 /// slowly (string copies), and skip boot work that costs seconds when
 /// every guest kernel instruction is emulated. `rodata=off` gives up
 /// write-protection of the guest kernel's text on these hosts only.
+///
+/// `GLIBC_TUNABLES=...` is not a kernel option: the kernel hands it to
+/// /init as an environment variable.  Guest user mode runs natively there
+/// and sees the host's AVX/AVX-512 (CPUID, XCR0), but the guest kernel can
+/// only switch the FXSAVE state (the emulator has no XSAVE/XSETBV), so
+/// YMM/ZMM upper halves leak between guest processes and glibc's AVX
+/// string functions corrupt memory.  The tunable keeps glibc on SSE2; it
+/// reaches only processes that inherit /init's environment.
 pub const SOFTWARE_KVM_CMDLINE: &str = "skiff.swkvm \
 clearcpuid=popcnt,cx16,xsave,rdrand,rdseed,fsgsbase,pcid,invpcid,smap,erms,fsrm,rep_good \
-noreplace-smp percpu_alloc=page rodata=off rcupdate.rcu_cpu_stall_suppress=1";
+noreplace-smp percpu_alloc=page rodata=off rcupdate.rcu_cpu_stall_suppress=1 \
+GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,\
+-AVX512CD,-AVX_Fast_Unaligned_Load,-FMA,-FMA4";
 
 /// The default command line for this host.
 pub fn default_cmdline(host_has_hardware_virt: bool) -> String {
