@@ -17,7 +17,6 @@ use serde_json::Value;
 use skiff_tests::containerd::{
     image_archive, leftovers, live_processes, Containerd, BUSYBOX, CRI_NAMESPACE, PAUSE, SHIM,
 };
-use skiff_vmm::config::host_has_hardware_virt;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -27,8 +26,6 @@ const HANDLER: &str = "skiff";
 /// whose KVM emulates the guest kernel).
 const CALL_TIMEOUT: Duration = Duration::from_secs(600);
 const CONTAINERS: [&str; 2] = ["c1", "c2"];
-/// See [`settle`].
-const SOFTWARE_KVM_SETTLE: Duration = Duration::from_secs(8);
 
 struct Steps(Instant, Vec<(String, f64)>);
 
@@ -100,26 +97,6 @@ impl Drop for Diagnostics {
             );
         }
     }
-}
-
-/// Where KVM emulates the guest kernel (no VMX/SVM), lets a process that
-/// was just started in the guest finish starting before the next request
-/// makes the guest fork and exec again. On such hosts a freshly exec'd
-/// process whose start-up overlaps others' finds another process's data
-/// in its memory (our guest kernel on the software hypervisor) and dies of
-/// SIGSEGV in glibc's start-up
-/// (reproducible without Skiff's shim or VMM: `vm-run` or QEMU microvm
-/// with the debug initramfs and `sh -c 'for i in 1 2 3 4 5 6 7 8 9 10; do
-/// (sleep 60; echo $i $?) & done; wait'` loses about half of the sleeps).
-/// A kubelet's back-to-back requests would kill the pod's sleep or a
-/// container here, so until the guest kernel is fixed this test spaces
-/// them out on such hosts; on real hardware it runs them back to back.
-async fn settle(steps: &mut Steps, what: &str) {
-    if host_has_hardware_virt() {
-        return;
-    }
-    tokio::time::sleep(SOFTWARE_KVM_SETTLE).await;
-    steps.mark(&format!("settle: {what} (software KVM)"));
 }
 
 /// A CRI request with a deadline containerd sees (grpc-timeout).
@@ -364,7 +341,6 @@ fn cri_pod_with_two_containers_in_one_vm() {
             .pod_sandbox_id;
         diag.pod = Some(pod_id.clone());
         steps.mark("RunPodSandbox (VM boot)");
-        settle(&mut steps, "pod's sleep").await;
         let status = client
             .pod_sandbox_status(req(cri::PodSandboxStatusRequest {
                 pod_sandbox_id: pod_id.clone(),
@@ -434,7 +410,6 @@ fn cri_pod_with_two_containers_in_one_vm() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             steps.mark(&format!("{name} output in its CRI log"));
-            settle(&mut steps, &format!("{name}'s sleep")).await;
         }
 
         for (name, id) in CONTAINERS.iter().zip(&ids) {
