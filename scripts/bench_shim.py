@@ -57,7 +57,9 @@ def status_kib(pid, field):
 
 
 def guest_ram_rss_kib(pid, memory_mib):
-    """Resident KiB of the anonymous mapping(s) exactly the guest RAM size."""
+    """Resident KiB of the guest RAM mapping: the anonymous mapping of the
+    guest's size (the kernel may merge a neighbouring anonymous mapping of
+    a few KiB into it, which is then counted as guest RAM)."""
     total, size, rss = 0, None, 0
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
@@ -65,7 +67,7 @@ def guest_ram_rss_kib(pid, memory_mib):
                 size = int(line.split()[1])
             elif line.startswith("Rss:"):
                 rss = int(line.split()[1])
-                if size == memory_mib * 1024:
+                if memory_mib * 1024 <= size < memory_mib * 1024 + 8192:
                     total += rss
     return total
 
