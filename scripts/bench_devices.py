@@ -11,9 +11,8 @@ arrive, so CPU per MB counts only that phase:
   VMM CPU/MB     threads other than the vCPUs: the device emulation itself
 QEMU has no user-space vsock (vhost-vsock needs /dev/vhost-vsock), so vsock
 is Skiff only. `--qemu` adds QEMU microvm (virtio-mmio transports 7 and 6,
-declared on the command line): on this host and kernel its level-triggered
-virtio interrupts, which microvm describes only through ACPI, never reach
-our ACPI-less guest and the first transfer hangs, so it is off by default.
+declared on the command line; `acpi=off` so microvm writes the MP table
+our ACPI-less guest routes interrupts by).
 Must run as root (tap, netns).
 
 Usage: scripts/bench_devices.py [--runs N] [--blk-mib M] [--net-mib M] [--vsock-mib M]
@@ -168,7 +167,7 @@ def run_phases(args, kernel, initrd, vm_run, work):
             kernel, initrd,
             f"{base} virtio_mmio.device=512@0xfeb00e00:12 virtio_mmio.device=512@0xfeb00c00:11"
             f" -- sh -c \"{guest_script(args, with_vsock=False)}\"",
-            MEMORY, machine_options="auto-kernel-cmdline=off,ioapic2=off", extra=[
+            MEMORY, machine_options="acpi=off,auto-kernel-cmdline=off,ioapic2=off", extra=[
                 "-global", "virtio-mmio.force-legacy=false",
                 "-drive", f"id=d0,file={image},format=raw,if=none,readonly=on",
                 "-device", "virtio-blk-device,drive=d0",
