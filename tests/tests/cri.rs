@@ -162,6 +162,17 @@ fn write_cni_config(containerd: &Containerd) {
     .unwrap();
 }
 
+/// Deletes a host network link when dropped.
+struct RemoveLink(&'static str);
+
+impl Drop for RemoveLink {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", self.0])
+            .output();
+    }
+}
+
 /// md5 of `bytes`, by the host's md5sum (the guest side uses busybox's).
 fn md5(bytes: &[u8], scratch: &Path) -> String {
     let file = scratch.join("received");
@@ -280,6 +291,9 @@ fn cri_pod_with_two_containers_in_one_vm() {
     let busybox = image_archive(BUSYBOX, &[]);
     let pause = image_archive(PAUSE, &["sleep", "inf"]);
     steps.mark("image archives");
+    // The bridge plugin leaves its bridge when the last pod goes; this
+    // removes it (after containerd, which is dropped first).
+    let _bridge = RemoveLink(BRIDGE);
     let containerd = Containerd::start(&scratch.join("containerd"));
     let mut diag = Diagnostics {
         containerd_log: containerd.dir.join("containerd.log"),
