@@ -9,6 +9,45 @@ pub mod containerd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Instant;
+
+/// A test's scratch directory, `$TMPDIR/skiff-NAME-PID`: empty at the
+/// start, removed however the test ends.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("skiff-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Prints the wall time of each step of a test since the previous one.
+pub struct Steps(Instant);
+
+impl Steps {
+    pub fn start() -> Self {
+        Self(Instant::now())
+    }
+
+    pub fn mark(&mut self, step: &str) {
+        let ms = self.0.elapsed().as_secs_f64() * 1e3;
+        eprintln!("step {step:<48} {ms:>10.1} ms");
+        self.0 = Instant::now();
+    }
+}
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

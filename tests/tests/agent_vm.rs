@@ -4,7 +4,7 @@
 //! into it, removes it and shuts the sandbox down. Prints each step's time.
 
 use std::os::fd::IntoRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -12,7 +12,7 @@ use skiff_agent_protocol::agent::*;
 use skiff_agent_protocol::agent_ttrpc::AgentServiceClient;
 use skiff_agent_protocol::ttrpc;
 use skiff_agent_protocol::DEFAULT_VSOCK_PORT;
-use skiff_tests::{guest_artifact, kernel};
+use skiff_tests::{guest_artifact, kernel, Scratch, Steps};
 use skiff_vmm::config::{
     default_cmdline, host_has_hardware_virt, DeviceConfig, FsCache, FsConfig, VsockConfig,
 };
@@ -93,38 +93,16 @@ fn wait(client: &AgentServiceClient, exec_id: &str) -> i32 {
     client.wait_process(ctx(), &req).unwrap().exit_status
 }
 
-struct Steps(Instant, Vec<(String, f64)>);
-
-impl Steps {
-    fn mark(&mut self, step: &str) {
-        let ms = self.0.elapsed().as_secs_f64() * 1e3;
-        eprintln!("step {step:<34} {ms:>10.1} ms");
-        self.1.push((step.into(), ms));
-        self.0 = Instant::now();
-    }
-}
-
-/// Removes the test's scratch directory however the test ends.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn agent_runs_a_container_from_a_virtio_fs_rootfs() {
-    let scratch_dir =
-        Scratch(std::env::temp_dir().join(format!("skiff-agent-vm-{}", std::process::id())));
+    let scratch_dir = Scratch::new("agent-vm");
     let scratch = scratch_dir.0.clone();
-    let _ = std::fs::remove_dir_all(&scratch);
     let share = scratch.join("share");
     busybox_rootfs(&share.join(CONTAINER));
     busybox_rootfs(&share.join(OOM_CONTAINER));
     let console = scratch.join("console.log");
 
-    let mut steps = Steps(Instant::now(), Vec::new());
+    let mut steps = Steps::start();
     let vmm = VmmHandle::spawn(Instant::now()).unwrap();
     vmm.configure(VmConfig {
         kernel: kernel(),

@@ -17,6 +17,7 @@ use serde_json::Value;
 use skiff_tests::containerd::{
     image_archive, leftovers, live_processes, Containerd, BUSYBOX, CRI_NAMESPACE, PAUSE, SHIM,
 };
+use skiff_tests::{Scratch, Steps};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -26,26 +27,6 @@ const HANDLER: &str = "skiff";
 /// whose KVM emulates the guest kernel).
 const CALL_TIMEOUT: Duration = Duration::from_secs(600);
 const CONTAINERS: [&str; 2] = ["c1", "c2"];
-
-struct Steps(Instant, Vec<(String, f64)>);
-
-impl Steps {
-    fn mark(&mut self, step: &str) {
-        let ms = self.0.elapsed().as_secs_f64() * 1e3;
-        eprintln!("step {step:<34} {ms:>10.1} ms");
-        self.1.push((step.into(), ms));
-        self.0 = Instant::now();
-    }
-}
-
-/// Removes the test's scratch directory however the test ends.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// On a failure, prints the end of containerd's log (which carries the
 /// shim's) and of the pod's guest console, before containerd is stopped
@@ -280,14 +261,12 @@ async fn exec_sync(
 
 #[test]
 fn cri_pod_with_two_containers_in_one_vm() {
-    let scratch_dir =
-        Scratch(std::env::temp_dir().join(format!("skiff-cri-{}", std::process::id())));
+    let scratch_dir = Scratch::new("cri");
     let scratch = scratch_dir.0.clone();
-    let _ = std::fs::remove_dir_all(&scratch);
     let logs = scratch.join("logs");
     std::fs::create_dir_all(&logs).unwrap();
 
-    let mut steps = Steps(Instant::now(), Vec::new());
+    let mut steps = Steps::start();
     let busybox = image_archive(BUSYBOX, &[]);
     let pause = image_archive(PAUSE, &["sleep", "inf"]);
     steps.mark("image archives");

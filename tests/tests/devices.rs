@@ -10,12 +10,12 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use skiff_tests::{debug_initramfs, kernel};
+use skiff_tests::{debug_initramfs, kernel, Scratch};
 use skiff_vmm::config::{
     append_init_args, default_cmdline, host_has_hardware_virt, BlockConfig, DeviceConfig, FsCache,
     FsConfig, NetConfig, VsockConfig,
@@ -26,27 +26,6 @@ const HOST_IP: &str = "10.213.7.1";
 const GUEST_IP: &str = "10.213.7.2";
 const TAP: &str = "sktest0";
 const NET_BYTES: usize = 2 << 20;
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("skiff-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A network namespace with a persistent, configured tap; deleted on drop
 /// (which also removes the tap).

@@ -2,31 +2,13 @@
 //! `ctr`: each `ctr run` boots a sandbox VM in the shim process. Few VMs,
 //! many checks in each; prints each step's time.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use skiff_tests::containerd::{
     image_archive, leftovers, Containerd, Ctr, TestNetns, BUSYBOX, NAMESPACE, RUNTIME,
 };
-
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Steps(Instant);
-
-impl Steps {
-    fn mark(&mut self, step: &str) {
-        let ms = self.0.elapsed().as_secs_f64() * 1e3;
-        eprintln!("step {step:<48} {ms:>10.1} ms");
-        self.0 = Instant::now();
-    }
-}
+use skiff_tests::{Scratch, Steps};
 
 fn assert_clean(ctrd: &Containerd, id: &str) {
     // containerd cleans up asynchronously after a task ends.
@@ -147,13 +129,8 @@ fn bad_input(ctrd: &Containerd, scratch: &std::path::Path) {
 
 #[test]
 fn containers_run_through_real_containerd() {
-    let scratch = Scratch(PathBuf::from(format!(
-        "/tmp/skiff-shim-{}",
-        std::process::id()
-    )));
-    let _ = std::fs::remove_dir_all(&scratch.0);
-    std::fs::create_dir_all(&scratch.0).unwrap();
-    let mut steps = Steps(Instant::now());
+    let scratch = Scratch::new("shim");
+    let mut steps = Steps::start();
     let ctrd = Containerd::start(&scratch.0.join("ctrd"));
     ctrd.import(NAMESPACE, &image_archive(BUSYBOX, &[]));
     steps.mark("containerd started, busybox imported");
