@@ -44,17 +44,10 @@ fn io_err<'a>(
     }
 }
 
-/// containerd ids are `[A-Za-z0-9_.-]`, at most 76 bytes; anything else
-/// could walk out of the state directory.
+/// Refuses an id that containerd would refuse: anything else could walk
+/// out of the state directory.
 pub fn check_id(id: &str) -> Result<(), PersistError> {
-    let ok = !id.is_empty()
-        && id.len() <= 76
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
+    if skiff_agent_protocol::is_valid_id(id) {
         Ok(())
     } else {
         Err(PersistError::InvalidId(id.to_string()))

@@ -26,7 +26,7 @@ pub enum ContainerError {
     NotFound(String),
     #[error("container {0:?} already exists")]
     AlreadyExists(String),
-    #[error("invalid container id {0:?}: use 1-64 of [A-Za-z0-9_.-]")]
+    #[error("invalid container id {0:?}: up to 76 letters and digits, single `.`, `_` or `-` between them")]
     BadId(String),
     #[error("process {exec_id:?} not found in container {container:?}")]
     ProcessNotFound { container: String, exec_id: String },
@@ -107,15 +107,10 @@ pub struct Container {
     storages: Vec<PathBuf>,
 }
 
-/// Checks a container id: it names a cgroup directory, so no slashes.
+/// Checks a container id: it names a cgroup directory, so it must not be
+/// able to name another path.
 pub fn check_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
+    if skiff_agent_protocol::is_valid_id(id) {
         Ok(())
     } else {
         Err(ContainerError::BadId(id.to_string()))
@@ -447,7 +442,7 @@ mod tests {
         for ok in ["c1", "pod-a_b.1"] {
             assert!(check_id(ok).is_ok());
         }
-        for bad in ["", "a/b", "..", ".hidden", &"x".repeat(65)] {
+        for bad in ["", "a/b", "..", ".hidden", &"x".repeat(77)] {
             assert!(check_id(bad).is_err(), "{bad}");
         }
     }
