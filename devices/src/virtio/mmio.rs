@@ -316,6 +316,30 @@ impl BusDevice for MmioTransport {
     }
 }
 
+/// A virtio-mmio window with no device behind it: a valid header with
+/// device ID 0, which drivers must ignore (virtio 1.2, 4.2.3.1.1). The VMM
+/// declares such slots to the guest at boot so devices can be hot-added
+/// there later: Linux probes them silently, and probes again when asked to
+/// bind the slot once a device is in it.
+pub struct EmptySlot;
+
+impl BusDevice for EmptySlot {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let value = match offset {
+            reg::MAGIC => MAGIC,
+            reg::VERSION => VERSION,
+            reg::VENDOR_ID => VENDOR_ID,
+            _ => return,
+        };
+        if data.len() == 4 {
+            data.copy_from_slice(&value.to_le_bytes());
+        }
+    }
+
+    fn write(&mut self, _offset: u64, _data: &[u8]) {}
+}
+
 impl Drop for MmioTransport {
     fn drop(&mut self) {
         if self.active {
@@ -369,6 +393,25 @@ mod tests {
         fn reset(&mut self) {
             self.log.lock().unwrap().resets += 1;
         }
+    }
+
+    #[test]
+    fn an_empty_slot_reads_as_device_id_zero() {
+        let mut slot = EmptySlot;
+        let read = |slot: &mut EmptySlot, offset: u64| {
+            let mut data = [0xffu8; 4];
+            slot.read(offset, &mut data);
+            u32::from_le_bytes(data)
+        };
+        assert_eq!(read(&mut slot, reg::MAGIC), MAGIC);
+        assert_eq!(read(&mut slot, reg::VERSION), VERSION);
+        assert_eq!(read(&mut slot, reg::DEVICE_ID), 0);
+        assert_eq!(read(&mut slot, reg::QUEUE_NUM_MAX), 0);
+        slot.write(reg::STATUS, &[1, 0, 0, 0]);
+        assert_eq!(read(&mut slot, reg::STATUS), 0);
+        let mut odd = [0xffu8; 2];
+        slot.read(reg::MAGIC, &mut odd);
+        assert_eq!(odd, [0, 0]);
     }
 
     fn transport(fail: bool) -> (MmioTransport, Arc<Mutex<Log>>) {
