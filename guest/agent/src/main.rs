@@ -6,6 +6,7 @@ mod cgroup;
 mod config;
 mod container;
 mod files;
+mod hotplug;
 mod init;
 mod mounts;
 mod netlink;
@@ -91,6 +92,7 @@ fn run(cfg: Config, guest_init: bool) -> Result<(), String> {
     let service = Arc::new(service::Service {
         sandbox,
         host_mode: cfg.host_mode,
+        hotplug: hotplug::Hotplug::new("/"),
     });
     if let Listen::Unix(path) = &cfg.listen {
         let _ = std::fs::remove_file(path);

@@ -12,13 +12,16 @@ use skiff_agent_protocol::PROTOCOL_VERSION;
 use ttrpc::{Code, TtrpcContext};
 
 use crate::container::ContainerError;
+use crate::hotplug::{Hotplug, HotplugError};
 use crate::network::NetworkError;
 use crate::sandbox::{Sandbox, SandboxError};
 
 pub struct Service {
     pub sandbox: Arc<Sandbox>,
-    /// Host mode: DestroySandbox exits the agent instead of powering off.
+    /// Host mode: DestroySandbox exits the agent instead of powering off,
+    /// and device hotplug is refused (the host's devices are not ours).
     pub host_mode: bool,
+    pub hotplug: Hotplug,
 }
 
 fn status(code: Code, msg: impl std::fmt::Display) -> ttrpc::Error {
@@ -87,9 +90,34 @@ fn nerr(e: NetworkError) -> ttrpc::Error {
     status(code, e)
 }
 
+fn herr(e: HotplugError) -> ttrpc::Error {
+    tracing::warn!("request failed: {e}");
+    let code = match e {
+        HotplugError::NoSuchSlot(_) => Code::NOT_FOUND,
+        HotplugError::AlreadyBound(_) => Code::ALREADY_EXISTS,
+        HotplugError::NotBound(_) | HotplugError::Mounted { .. } | HotplugError::Bind { .. } => {
+            Code::FAILED_PRECONDITION
+        }
+        HotplugError::Unbind { .. } | HotplugError::Timeout { .. } | HotplugError::Read { .. } => {
+            Code::INTERNAL
+        }
+    };
+    status(code, e)
+}
+
 type R<T> = ttrpc::Result<T>;
 
 impl Service {
+    fn hotplug(&self) -> R<&Hotplug> {
+        if self.host_mode {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                "device hotplug is served only in a VM",
+            ));
+        }
+        Ok(&self.hotplug)
+    }
+
     fn process(&self, container_id: &str, exec_id: &str) -> R<Arc<crate::container::Process>> {
         self.sandbox
             .container(container_id)
@@ -320,6 +348,15 @@ impl AgentService for Service {
             };
             status(code, e)
         })?;
+        Ok(Empty::new())
+    }
+
+    fn add_device(&self, _: &TtrpcContext, req: DeviceRequest) -> R<GuestDevice> {
+        self.hotplug()?.add(req.mmio_slot).map_err(herr)
+    }
+
+    fn remove_device(&self, _: &TtrpcContext, req: DeviceRequest) -> R<Empty> {
+        self.hotplug()?.remove(req.mmio_slot).map_err(herr)?;
         Ok(Empty::new())
     }
 }

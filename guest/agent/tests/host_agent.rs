@@ -712,6 +712,17 @@ fn sandbox_and_guest_calls() {
     // Naming no device, UpdateRoutes changes nothing (network_updates
     // changes things, on its own devices).
     c.update_routes(ctx(), &Routes::new()).unwrap();
+    // Hotplug binds guest platform devices: never on a host.
+    let mut slot = DeviceRequest::new();
+    slot.mmio_slot = 2;
+    for result in [
+        c.add_device(ctx(), &slot).map(drop),
+        c.remove_device(ctx(), &slot).map(drop),
+    ] {
+        let (code, msg) = err_msg(result);
+        assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
+        assert_eq!(msg, "device hotplug is served only in a VM");
+    }
     // CopyFile in two chunks.
     let path = format!("/run/skiff/test-{}/hosts", std::process::id());
     for (off, chunk) in [(0u64, &b"127.0.0.1 "[..]), (10, &b"localhost\n"[..])] {
