@@ -234,6 +234,7 @@ impl Sandbox {
             memory_mib: hv.memory_mib,
             console: ConsoleConfig::File(console.clone()),
             devices,
+            hotplug_slots: 0,
         })?;
         vmm.start()?;
         // The VMM made the taps when the VM started.

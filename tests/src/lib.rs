@@ -141,3 +141,16 @@ pub fn vm_run(args: &[&str]) -> VmRun {
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
 }
+
+/// A 4 MiB ext4 image at `image` holding the files of `content_dir`
+/// (mkfs.ext4 from e2fsprogs).
+pub fn make_ext4(image: &Path, content_dir: &Path) {
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(content_dir)
+        .arg(image)
+        .arg("4M")
+        .status()
+        .expect("mkfs.ext4: apt-get install e2fsprogs");
+    assert!(status.success(), "mkfs.ext4 {}", image.display());
+}

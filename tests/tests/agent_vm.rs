@@ -12,16 +12,20 @@ use skiff_agent_protocol::agent::*;
 use skiff_agent_protocol::agent_ttrpc::AgentServiceClient;
 use skiff_agent_protocol::ttrpc;
 use skiff_agent_protocol::DEFAULT_VSOCK_PORT;
-use skiff_tests::{guest_artifact, kernel, Scratch, Steps};
+use skiff_tests::{guest_artifact, kernel, make_ext4, Scratch, Steps};
 use skiff_vmm::config::{
-    default_cmdline, host_has_hardware_virt, DeviceConfig, FsCache, FsConfig, VsockConfig,
+    default_cmdline, host_has_hardware_virt, BlockConfig, DeviceConfig, FsCache, FsConfig,
+    NetConfig, VsockConfig,
 };
-use skiff_vmm::{ConsoleConfig, ExitReason, VmConfig, VmState, VmmHandle};
+use skiff_vmm::{ConsoleConfig, DeviceError, ExitReason, VmConfig, VmState, VmmError, VmmHandle};
 
 const SHARE_TAG: &str = "rootfs";
 const SHARE_IN_GUEST: &str = "/run/skiff/shared";
 const CONTAINER: &str = "c1";
 const OOM_CONTAINER: &str = "oom";
+const VOLUME_CONTAINER: &str = "vol";
+/// Boot devices (vsock, virtio-fs) take slots 0 and 1.
+const FIRST_HOTPLUG_SLOT: u32 = 2;
 
 fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(Duration::from_secs(120).as_nanos() as i64)
@@ -71,10 +75,19 @@ fn spec_for(id: &str, args: &[&str]) -> serde_json::Value {
 }
 
 fn read_until(client: &AgentServiceClient, exec_id: &str, needle: &str) -> String {
+    read_until_in(client, CONTAINER, exec_id, needle)
+}
+
+fn read_until_in(
+    client: &AgentServiceClient,
+    container: &str,
+    exec_id: &str,
+    needle: &str,
+) -> String {
     let mut out = Vec::new();
     while !String::from_utf8_lossy(&out).contains(needle) {
         let mut req = ReadStreamRequest::new();
-        req.container_id = CONTAINER.into();
+        req.container_id = container.into();
         req.exec_id = exec_id.into();
         req.max_bytes = 4096;
         let data = client.read_stdout(ctx(), &req).unwrap().data;
@@ -87,8 +100,12 @@ fn read_until(client: &AgentServiceClient, exec_id: &str, needle: &str) -> Strin
 }
 
 fn wait(client: &AgentServiceClient, exec_id: &str) -> i32 {
+    wait_in(client, CONTAINER, exec_id)
+}
+
+fn wait_in(client: &AgentServiceClient, container: &str, exec_id: &str) -> i32 {
     let mut req = ProcessRequest::new();
-    req.container_id = CONTAINER.into();
+    req.container_id = container.into();
     req.exec_id = exec_id.into();
     client.wait_process(ctx(), &req).unwrap().exit_status
 }
@@ -100,6 +117,12 @@ fn agent_runs_a_container_from_a_virtio_fs_rootfs() {
     let share = scratch.join("share");
     busybox_rootfs(&share.join(CONTAINER));
     busybox_rootfs(&share.join(OOM_CONTAINER));
+    busybox_rootfs(&share.join(VOLUME_CONTAINER));
+    std::fs::create_dir(share.join(VOLUME_CONTAINER).join("data")).unwrap();
+    let volume = scratch.join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::fs::write(volume.join("hello.txt"), "hello from a hot-added disk\n").unwrap();
+    make_ext4(&scratch.join("volume.img"), &volume);
     let console = scratch.join("console.log");
 
     let mut steps = Steps::start();
@@ -123,6 +146,7 @@ fn agent_runs_a_container_from_a_virtio_fs_rootfs() {
                 cache: FsCache::Auto,
             }),
         ],
+        hotplug_slots: 2,
     })
     .unwrap();
     vmm.start().unwrap();
@@ -216,7 +240,7 @@ fn agent_runs_a_container_from_a_virtio_fs_rootfs() {
     let mut create = CreateContainerRequest::new();
     create.container_id = OOM_CONTAINER.into();
     create.oci_spec_json = serde_json::to_vec(&oom_spec).unwrap();
-    create.storages.push(storage);
+    create.storages.push(storage.clone());
     client.create_container(ctx(), &create).unwrap();
     let mut start = ContainerRequest::new();
     start.container_id = OOM_CONTAINER.into();
@@ -232,6 +256,8 @@ fn agent_runs_a_container_from_a_virtio_fs_rootfs() {
     client.remove_container(ctx(), &remove).unwrap();
     steps.mark("memory limit: OOM kill + OomEvent");
 
+    hotplug(&vmm, &client, &scratch, &storage, &mut steps);
+
     client.destroy_sandbox(ctx(), &Empty::new()).unwrap();
     let exit = vmm.wait_exit(Some(Duration::from_secs(120)));
     steps.mark("DestroySandbox -> VM exit");
@@ -244,4 +270,172 @@ fn agent_runs_a_container_from_a_virtio_fs_rootfs() {
     );
     // The container's rootfs on the host is intact.
     assert!(share.join(CONTAINER).join("bin/busybox").exists());
+}
+
+fn device_request(slot: u32) -> DeviceRequest {
+    let mut req = DeviceRequest::new();
+    req.mmio_slot = slot;
+    req
+}
+
+fn rpc_error(err: ttrpc::Error) -> (ttrpc::Code, String) {
+    match err {
+        ttrpc::Error::RpcStatus(s) => (s.code(), s.message),
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+/// Devices in and out of the running VM: a disk goes into an empty slot,
+/// the agent binds it and a container reads a file from it; the disk goes
+/// out and a network device takes a slot; a freed slot takes a disk again.
+fn hotplug(
+    vmm: &VmmHandle,
+    client: &AgentServiceClient,
+    scratch: &Path,
+    rootfs_share: &Storage,
+    steps: &mut Steps,
+) {
+    let disk = DeviceConfig::Block(BlockConfig {
+        path: scratch.join("volume.img"),
+        read_only: true,
+        direct: false,
+    });
+    let slot = vmm.add_device(disk.clone()).unwrap();
+    assert_eq!(slot.index, FIRST_HOTPLUG_SLOT);
+    let added = client
+        .add_device(ctx(), &device_request(slot.index))
+        .unwrap();
+    assert_eq!((added.virtio_type, added.name.as_str()), (2, "/dev/vda"));
+    steps.mark("hot-add a disk (VMM AddDevice + agent AddDevice)");
+
+    let mut spec = spec_for(VOLUME_CONTAINER, &["cat", "/data/hello.txt"]);
+    spec["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/data", "type": "bind", "source": "/run/skiff/volume",
+        "options": ["rbind", "ro"]
+    }));
+    let mut volume = Storage::new();
+    volume.driver = StorageDriver::STORAGE_DRIVER_BLOCK.into();
+    volume.source = added.name.clone();
+    volume.fstype = "ext4".into();
+    volume.options = vec!["ro".into()];
+    volume.mount_point = "/run/skiff/volume".into();
+    let mut create = CreateContainerRequest::new();
+    create.container_id = VOLUME_CONTAINER.into();
+    create.oci_spec_json = serde_json::to_vec(&spec).unwrap();
+    create.storages = vec![rootfs_share.clone(), volume];
+    client.create_container(ctx(), &create).unwrap();
+    // Mounted: the agent will not unbind it.
+    let (code, msg) = rpc_error(
+        client
+            .remove_device(ctx(), &device_request(slot.index))
+            .unwrap_err(),
+    );
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
+    assert_eq!(msg, "/dev/vda is still mounted at /run/skiff/volume");
+    let mut start = ContainerRequest::new();
+    start.container_id = VOLUME_CONTAINER.into();
+    client.start_container(ctx(), &start).unwrap();
+    assert_eq!(
+        read_until_in(client, VOLUME_CONTAINER, "", "\n"),
+        "hello from a hot-added disk\n"
+    );
+    assert_eq!(wait_in(client, VOLUME_CONTAINER, ""), 0);
+    let mut remove = RemoveContainerRequest::new();
+    remove.container_id = VOLUME_CONTAINER.into();
+    client.remove_container(ctx(), &remove).unwrap();
+    steps.mark("a container reads the hot-added disk");
+
+    client
+        .remove_device(ctx(), &device_request(slot.index))
+        .unwrap();
+    vmm.remove_device(slot.index).unwrap();
+    steps.mark("hot-remove the disk (agent RemoveDevice + VMM RemoveDevice)");
+    // The slot is empty again: nothing to bind, nothing to remove.
+    let (code, msg) = rpc_error(
+        client
+            .add_device(ctx(), &device_request(slot.index))
+            .unwrap_err(),
+    );
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
+    assert!(msg.contains("is there a device in the slot?"), "{msg}");
+    assert!(matches!(
+        vmm.remove_device(slot.index),
+        Err(VmmError::Device(DeviceError::SlotEmpty(_)))
+    ));
+    let (code, _) = rpc_error(client.add_device(ctx(), &device_request(9)).unwrap_err());
+    assert_eq!(code, ttrpc::Code::NOT_FOUND);
+
+    // A network device on a tap the VMM creates; gone with the device.
+    let tap = format!("skhp{}", std::process::id() % 100_000);
+    let mac = [0x02, 0, 0, 0x5e, 0x11, 0x07];
+    let nic = vmm
+        .add_device(DeviceConfig::Net(NetConfig {
+            tap: tap.clone(),
+            mac: Some(mac),
+        }))
+        .unwrap();
+    assert_eq!(nic.index, FIRST_HOTPLUG_SLOT, "the freed slot is reused");
+    let added = client
+        .add_device(ctx(), &device_request(nic.index))
+        .unwrap();
+    assert_eq!(added.virtio_type, 1);
+    let listed = client.list_interfaces(ctx(), &Empty::new()).unwrap();
+    let guest_nic = listed
+        .interfaces
+        .iter()
+        .find(|i| i.name == added.name)
+        .unwrap_or_else(|| panic!("{} not listed: {listed:?}", added.name));
+    assert_eq!(guest_nic.hardware_address, "02:00:00:5e:11:07");
+    assert!(Path::new("/sys/class/net").join(&tap).exists());
+
+    // The other slot takes the disk again; then none is left, and vsock
+    // cannot be hot-plugged at all.
+    let again = vmm.add_device(disk).unwrap();
+    assert_eq!(again.index, FIRST_HOTPLUG_SLOT + 1);
+    let added_disk = client
+        .add_device(ctx(), &device_request(again.index))
+        .unwrap();
+    assert_eq!(added_disk.name, "/dev/vda");
+    let full = vmm.add_device(DeviceConfig::Block(BlockConfig {
+        path: scratch.join("volume.img"),
+        read_only: true,
+        direct: false,
+    }));
+    assert!(
+        matches!(full, Err(VmmError::Device(DeviceError::NoFreeSlot(4)))),
+        "{full:?}"
+    );
+    let vsock = vmm.add_device(DeviceConfig::Vsock(VsockConfig {
+        guest_cid: 4,
+        socket: scratch.join("v2.sock"),
+    }));
+    assert!(matches!(
+        vsock,
+        Err(VmmError::Device(DeviceError::VsockNotHotpluggable))
+    ));
+    // Slot 0 holds the agent's vsock: not removable either.
+    assert!(matches!(
+        vmm.remove_device(0),
+        Err(VmmError::Device(DeviceError::VsockNotHotpluggable))
+    ));
+    assert!(matches!(
+        vmm.remove_device(9),
+        Err(VmmError::Device(DeviceError::NoSuchSlot(9)))
+    ));
+    steps.mark("hot-add a NIC and the disk again; full and vsock refused");
+
+    client
+        .remove_device(ctx(), &device_request(nic.index))
+        .unwrap();
+    vmm.remove_device(nic.index).unwrap();
+    let listed = client.list_interfaces(ctx(), &Empty::new()).unwrap();
+    assert!(
+        listed.interfaces.iter().all(|i| i.name != added.name),
+        "{listed:?}"
+    );
+    assert!(
+        !Path::new("/sys/class/net").join(&tap).exists(),
+        "tap {tap} outlived its device"
+    );
+    steps.mark("hot-remove the NIC");
 }

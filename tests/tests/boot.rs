@@ -35,6 +35,7 @@ fn api_boots_pauses_resumes_and_runs_a_command() {
         memory_mib: 128,
         console: ConsoleConfig::File(console.clone()),
         devices: Vec::new(),
+        hotplug_slots: 0,
     })
     .unwrap();
     assert_eq!(vmm.state().unwrap(), VmState::Configured);

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use skiff_tests::{debug_initramfs, kernel, Scratch};
+use skiff_tests::{debug_initramfs, kernel, make_ext4, Scratch};
 use skiff_vmm::config::{
     append_init_args, default_cmdline, host_has_hardware_virt, BlockConfig, DeviceConfig, FsCache,
     FsConfig, NetConfig, VsockConfig,
@@ -87,17 +87,6 @@ fn md5(data: &[u8]) -> String {
     child.stdin.take().unwrap().write_all(data).unwrap();
     let out = child.wait_with_output().unwrap();
     String::from_utf8(out.stdout).unwrap()[..32].to_string()
-}
-
-fn make_ext4(image: &Path, content_dir: &Path) {
-    let status = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(content_dir)
-        .arg(image)
-        .arg("4M")
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 /// Host side of the TCP checks: takes `expect` bytes from the guest on
@@ -318,6 +307,7 @@ fn guest_uses_disks_shares_network_and_vsock() {
                 socket: vsock_socket.clone(),
             }),
         ],
+        hotplug_slots: 0,
     };
     // The VMM thread, and so the tap it opens, lives in the namespace.
     let vmm = netns

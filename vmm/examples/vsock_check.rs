@@ -159,6 +159,7 @@ fn main() {
             guest_cid: 3,
             socket: socket.clone(),
         })],
+        hotplug_slots: 0,
     })
     .unwrap();
     let started = Instant::now();

@@ -8,7 +8,8 @@
 use serde::Serialize;
 
 use crate::builder::BuildError;
-use crate::config::VmConfig;
+use crate::config::{DeviceConfig, VmConfig};
+use crate::device_manager::{DeviceError, MmioSlot};
 use crate::vstate::vcpu::VcpuError;
 
 /// Where a VM is in its life.
@@ -43,6 +44,13 @@ pub enum VmmAction {
     ConnectVsock {
         port: u32,
     },
+    /// Puts a device in a free hotplug slot of the running VM; answered
+    /// with the slot. The guest sees it once it binds the slot.
+    AddDevice(DeviceConfig),
+    /// Takes the device out of a slot; the guest should unbind it first.
+    RemoveDevice {
+        slot: u32,
+    },
 }
 
 impl VmmAction {
@@ -55,6 +63,8 @@ impl VmmAction {
             VmmAction::Stop => "stop",
             VmmAction::GetState => "get state",
             VmmAction::ConnectVsock { .. } => "connect to vsock in",
+            VmmAction::AddDevice(_) => "add a device to",
+            VmmAction::RemoveDevice { .. } => "remove a device from",
         }
     }
 }
@@ -66,6 +76,8 @@ pub enum VmmData {
     State(VmState),
     /// A stream to a guest vsock port, before the guest has accepted.
     VsockStream(std::os::unix::net::UnixStream),
+    /// Where a hot-added device went.
+    DeviceSlot(MmioSlot),
 }
 
 /// A failed answer.
@@ -88,6 +100,8 @@ pub enum VmmError {
     NoVsock,
     #[error("vsock connect to guest port {port}: {source}")]
     VsockConnect { port: u32, source: std::io::Error },
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }
 
 impl VmState {
@@ -97,7 +111,12 @@ impl VmState {
         use VmState::*;
         let next = match (self, action) {
             (_, VmmAction::GetState) => Some(self),
-            (Running | Paused, VmmAction::ConnectVsock { .. }) => Some(self),
+            (
+                Running | Paused,
+                VmmAction::ConnectVsock { .. }
+                | VmmAction::AddDevice(_)
+                | VmmAction::RemoveDevice { .. },
+            ) => Some(self),
             (Unconfigured | Configured, VmmAction::Configure(_)) => Some(Configured),
             (Configured, VmmAction::Start) => Some(Running),
             (Running, VmmAction::Pause) => Some(Paused),
@@ -127,6 +146,7 @@ mod tests {
             memory_mib: 128,
             console: ConsoleConfig::Off,
             devices: Vec::new(),
+            hotplug_slots: 0,
         })
     }
 
@@ -139,6 +159,7 @@ mod tests {
             VmmAction::Stop,
             VmmAction::GetState,
             VmmAction::ConnectVsock { port: 1 },
+            VmmAction::RemoveDevice { slot: 0 },
         ]
     }
 
@@ -186,12 +207,22 @@ mod tests {
     }
 
     #[test]
-    fn vsock_connects_only_while_the_vm_runs() {
-        let connect = VmmAction::ConnectVsock { port: 52 };
-        assert_eq!(Running.after(&connect).unwrap(), Running);
-        assert_eq!(Paused.after(&connect).unwrap(), Paused);
-        for state in [Unconfigured, Configured, Exited] {
-            assert!(state.after(&connect).is_err());
+    fn vsock_connects_and_hotplug_only_while_the_vm_runs() {
+        let disk = DeviceConfig::Block(crate::config::BlockConfig {
+            path: "disk.img".into(),
+            read_only: true,
+            direct: false,
+        });
+        for action in [
+            VmmAction::ConnectVsock { port: 52 },
+            VmmAction::AddDevice(disk),
+            VmmAction::RemoveDevice { slot: 1 },
+        ] {
+            assert_eq!(Running.after(&action).unwrap(), Running);
+            assert_eq!(Paused.after(&action).unwrap(), Paused);
+            for state in [Unconfigured, Configured, Exited] {
+                assert!(state.after(&action).is_err(), "{action:?} in {state:?}");
+            }
         }
     }
 

@@ -10,23 +10,19 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::IoEventAddress;
 use kvm_ioctls::Kvm;
 use skiff_devices::legacy::{
     BootTimer, ConsoleOutput, EventFdTrigger, PanicWatcher, SerialConsole, BOOT_TIMER_PORT,
     COM1_IRQ, COM1_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_LEN,
 };
-use skiff_devices::virtio::block::{Block, DiskFile};
-use skiff_devices::virtio::fs::{CacheMode, Fs, FsShare};
-use skiff_devices::virtio::net::{format_mac, Net};
-use skiff_devices::virtio::vsock::{Vsock, VsockConnector};
-use skiff_devices::virtio::{MmioTransport, VirtioDevice, MMIO_NOTIFY_OFFSET, MMIO_REGION_SIZE};
+use skiff_devices::virtio::vsock::VsockConnector;
 use skiff_devices::{Bus, BusError};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{boot, cpuid, layout, mptable, regs};
-use crate::config::{ConfigError, ConsoleConfig, DeviceConfig, FsCache, FsConfig, VmConfig};
+use crate::config::{ConfigError, ConsoleConfig, DeviceConfig, VmConfig};
+use crate::device_manager::{DeviceError, DeviceManager, MmioSlot};
 use crate::exit::{ExitReason, ExitSender};
 use crate::loader::{self, LoadError};
 use crate::timeline::{Milestone, Timeline};
@@ -68,13 +64,8 @@ pub enum BuildError {
     },
     #[error("creating an eventfd: {0}")]
     EventFd(std::io::Error),
-    #[error("too many virtio devices: at most {0}")]
-    TooManyDevices(usize),
-    #[error("{device}: {source}")]
-    Device {
-        device: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
 }
 
 fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
@@ -89,15 +80,8 @@ pub struct Machine {
     serial: Arc<Mutex<SerialConsole>>,
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
-    handles: DeviceHandles,
+    devices: DeviceManager,
     vm: Vm,
-}
-
-/// What the VMM keeps of its devices to reach them from the host side.
-#[derive(Default)]
-pub struct DeviceHandles {
-    /// Opens connections to guest vsock ports (with `--vsock`).
-    pub vsock: Option<VsockConnector>,
 }
 
 /// The most vCPUs this host can give one VM.
@@ -119,8 +103,9 @@ impl Machine {
         timeline.mark(Milestone::VmCreated);
 
         let mmio_bus = Arc::new(Bus::new());
-        let mut handles = DeviceHandles::default();
-        let virtio_cmdline = attach_virtio_devices(&vm, &mmio_bus, &config.devices, &mut handles)?;
+        let devices =
+            DeviceManager::new(&vm, mmio_bus.clone(), &config.devices, config.hotplug_slots)?;
+        let virtio_cmdline = devices.kernel_params();
 
         let mem = vm.memory();
         let kernel = loader::load_kernel(mem, ram_size, &config.kernel)?;
@@ -189,7 +174,7 @@ impl Machine {
             serial,
             io_bus,
             mmio_bus,
-            handles,
+            devices,
             vm,
         })
     }
@@ -238,7 +223,17 @@ impl Machine {
 
     /// The vsock connector, when the VM has a vsock device.
     pub fn vsock_connector(&self) -> Option<&VsockConnector> {
-        self.handles.vsock.as_ref()
+        self.devices.vsock_connector()
+    }
+
+    /// Adds a device while the VM runs; see [`DeviceManager::add`].
+    pub fn add_device(&mut self, config: &DeviceConfig) -> Result<MmioSlot, DeviceError> {
+        self.devices.add(&self.vm, config)
+    }
+
+    /// Removes a device while the VM runs; see [`DeviceManager::remove`].
+    pub fn remove_device(&mut self, slot: u32) -> Result<(), DeviceError> {
+        self.devices.remove(&self.vm, slot)
     }
 }
 
@@ -306,101 +301,6 @@ fn with_virtio_devices(cmdline: &str, devices: &str) -> String {
         None if cmdline.starts_with("-- ") => format!("{devices} {cmdline}"),
         None => format!("{cmdline} {devices}"),
     }
-}
-
-/// Creates the device model for `config`; keeps in `handles` what the VMM
-/// needs to reach it later.
-fn create_device(
-    config: &DeviceConfig,
-    handles: &mut DeviceHandles,
-) -> Result<Box<dyn VirtioDevice>, BuildError> {
-    match config {
-        DeviceConfig::Block(disk) => DiskFile::open(&disk.path, disk.read_only, disk.direct)
-            .map(|file| Box::new(Block::new(file)) as Box<dyn VirtioDevice>)
-            .map_err(|e| BuildError::Device {
-                device: format!("--disk {disk}"),
-                source: e.into(),
-            }),
-        DeviceConfig::Net(net) => Net::new(&net.tap, net.mac)
-            .map(|dev| Box::new(dev) as Box<dyn VirtioDevice>)
-            .map_err(|e| BuildError::Device {
-                device: match net.mac {
-                    Some(mac) => format!("--net tap={},mac={}", net.tap, format_mac(&mac)),
-                    None => format!("--net tap={}", net.tap),
-                },
-                source: std::io::Error::other(e),
-            }),
-        DeviceConfig::Vsock(vsock) => {
-            let device = Vsock::new(vsock.guest_cid.into(), &vsock.socket).map_err(|e| {
-                BuildError::Device {
-                    device: format!(
-                        "--vsock cid={},socket={}",
-                        vsock.guest_cid,
-                        vsock.socket.display()
-                    ),
-                    source: std::io::Error::other(e),
-                }
-            })?;
-            handles.vsock = Some(device.connector());
-            Ok(Box::new(device))
-        }
-        DeviceConfig::Fs(fs) => create_fs(fs),
-    }
-}
-
-fn create_fs(config: &FsConfig) -> Result<Box<dyn VirtioDevice>, BuildError> {
-    let share = FsShare {
-        tag: config.tag.clone(),
-        path: config.path.clone(),
-        read_only: config.read_only,
-        cache: match config.cache {
-            FsCache::Never => CacheMode::Never,
-            FsCache::Auto => CacheMode::Auto,
-            FsCache::Always => CacheMode::Always,
-        },
-    };
-    let device = Fs::new(share).map_err(|e| BuildError::Device {
-        device: format!("--fs tag={},path={}", config.tag, config.path.display()),
-        source: e.into(),
-    })?;
-    Ok(Box::new(device))
-}
-
-/// Puts each device behind a virtio-mmio window with its own interrupt
-/// line and queue ioeventfds; returns the `virtio_mmio.device=` kernel
-/// parameters that declare them.
-fn attach_virtio_devices(
-    vm: &Vm,
-    mmio_bus: &Bus,
-    devices: &[DeviceConfig],
-    handles: &mut DeviceHandles,
-) -> Result<String, BuildError> {
-    let slots = (layout::VIRTIO_IRQ_LAST - layout::VIRTIO_IRQ_FIRST + 1) as usize;
-    if devices.len() > slots {
-        return Err(BuildError::TooManyDevices(slots));
-    }
-    let mut params = Vec::new();
-    for (i, config) in devices.iter().enumerate() {
-        let base = layout::VIRTIO_MMIO_START + i as u64 * MMIO_REGION_SIZE;
-        let irq = layout::VIRTIO_IRQ_FIRST + i as u32;
-        let device = create_device(config, handles)?;
-        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
-        let transport =
-            MmioTransport::new(device, vm.memory().clone(), irqfd).map_err(BuildError::EventFd)?;
-        vm.register_irqfd(transport.interrupt().irqfd(), irq)?;
-        for (queue, evt) in transport.queue_events().iter().enumerate() {
-            vm.fd()
-                .register_ioevent(
-                    evt,
-                    &IoEventAddress::Mmio(base + MMIO_NOTIFY_OFFSET),
-                    queue as u32,
-                )
-                .map_err(kvm_call("KVM_IOEVENTFD"))?;
-        }
-        mmio_bus.insert(Arc::new(Mutex::new(transport)), base, MMIO_REGION_SIZE)?;
-        params.push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
-    }
-    Ok(params.join(" "))
 }
 
 #[cfg(test)]

@@ -26,6 +26,9 @@ pub struct VmConfig {
     pub console: ConsoleConfig,
     /// Virtio devices, in the order the guest will number them.
     pub devices: Vec<DeviceConfig>,
+    /// Empty virtio-mmio slots declared after `devices`, where devices can
+    /// be added while the VM runs ([`crate::device_manager`]).
+    pub hotplug_slots: u8,
 }
 
 /// A virtio device to attach.
@@ -399,6 +402,7 @@ mod tests {
             memory_mib: 128,
             console: ConsoleConfig::Off,
             devices: Vec::new(),
+            hotplug_slots: 0,
         }
     }
 

@@ -14,6 +14,7 @@
 //!     memory_mib: 128,
 //!     console: ConsoleConfig::Stdio,
 //!     devices: Vec::new(),
+//!     hotplug_slots: 0,
 //! })?;
 //! vmm.start()?;
 //! let exit = vmm.wait_exit(None).expect("no timeout");
@@ -25,6 +26,7 @@ pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod config;
+pub mod device_manager;
 pub mod exit;
 pub mod loader;
 pub mod timeline;
@@ -33,5 +35,6 @@ pub mod vstate;
 
 pub use api::{VmState, VmmAction, VmmData, VmmError};
 pub use config::{ConsoleConfig, VmConfig};
+pub use device_manager::{DeviceError, MmioSlot};
 pub use exit::{ExitReason, ExitSender};
 pub use vmm::{ExitInfo, VmmHandle};

@@ -20,7 +20,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::{VmState, VmmAction, VmmData, VmmError};
 use crate::builder::Machine;
-use crate::config::{ConsoleConfig, VmConfig};
+use crate::config::{ConsoleConfig, DeviceConfig, VmConfig};
+use crate::device_manager::MmioSlot;
 use crate::exit::{ExitReason, ExitSender};
 use crate::timeline::{Milestone, Timeline, TimelineReport};
 
@@ -149,6 +150,21 @@ impl VmmHandle {
         vsock::await_established(&stream, timeout)
             .map_err(|source| VmmError::VsockConnect { port, source })?;
         Ok(stream)
+    }
+
+    /// Puts `device` in a free hotplug slot of the running VM. The guest
+    /// sees it once it binds the slot's platform device
+    /// ([`MmioSlot::guest_device`]; the agent's `AddDevice` does that).
+    pub fn add_device(&self, device: DeviceConfig) -> Result<MmioSlot, VmmError> {
+        match self.request(VmmAction::AddDevice(device))? {
+            VmmData::DeviceSlot(slot) => Ok(slot),
+            _ => Err(VmmError::VmmGone),
+        }
+    }
+
+    /// Takes the device out of `slot`; unbind it in the guest first.
+    pub fn remove_device(&self, slot: u32) -> Result<(), VmmError> {
+        self.request(VmmAction::RemoveDevice { slot }).map(drop)
     }
 
     /// Waits until the VM has ended, or `timeout` passes (`None`).
@@ -295,6 +311,12 @@ impl Controller {
                     .map_err(|source| VmmError::VsockConnect { port, source })?;
                 return Ok(VmmData::VsockStream(stream));
             }
+            VmmAction::AddDevice(config) => {
+                let slot = self.machine_mut()?.add_device(&config)?;
+                tracing::info!(slot = slot.index, device = ?config, "virtio device added");
+                return Ok(VmmData::DeviceSlot(slot));
+            }
+            VmmAction::RemoveDevice { slot } => self.machine_mut()?.remove_device(slot)?,
         }
         self.state = next;
         Ok(VmmData::Empty)
@@ -304,6 +326,14 @@ impl Controller {
         self.machine.as_ref().ok_or(VmmError::InvalidState {
             action: "control",
             state: self.state,
+        })
+    }
+
+    fn machine_mut(&mut self) -> Result<&mut Machine, VmmError> {
+        let state = self.state;
+        self.machine.as_mut().ok_or(VmmError::InvalidState {
+            action: "control",
+            state,
         })
     }
 

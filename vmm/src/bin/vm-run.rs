@@ -128,6 +128,7 @@ fn run(args: Args, origin: Instant) -> Result<(), String> {
         memory_mib: args.memory,
         console: args.console,
         devices,
+        hotplug_slots: 0,
     };
 
     let vmm = VmmHandle::spawn(origin).map_err(|e| e.to_string())?;

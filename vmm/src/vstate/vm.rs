@@ -97,4 +97,10 @@ impl Vm {
     pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
         self.fd.register_irqfd(evt, gsi).map_err(kvm("KVM_IRQFD"))
     }
+
+    pub fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd
+            .unregister_irqfd(evt, gsi)
+            .map_err(kvm("KVM_IRQFD deassign"))
+    }
 }

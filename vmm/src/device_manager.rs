@@ -1,0 +1,356 @@
+//! The VM's virtio-mmio slots, and adding and removing devices while it
+//! runs.
+//!
+//! Slot `i` is a 4 KiB window at `VIRTIO_MMIO_START + i * 4 KiB` with its
+//! own interrupt line, declared to the guest on the kernel command line as
+//! platform device `virtio-mmio.<i>`. Devices configured before boot fill
+//! the first slots; `hotplug_slots` more are declared empty: they answer
+//! as a device with ID 0 ([`EmptySlot`]), which Linux probes and ignores
+//! without a word. Hot-adding puts a device in a free slot while the vCPUs
+//! run; the guest then binds the slot's platform device (the agent's
+//! `AddDevice` writes it to the virtio-mmio driver's `bind` file). Removal
+//! is the reverse: the guest unbinds (its driver resets the device), then
+//! the VMM takes the device out. This is the cooperative scheme Dragonball
+//! builds with its upcall channel and a guest kernel patch; here the
+//! kernel's own sysfs does it, so the guest kernel stays unpatched for it.
+
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::IoEventAddress;
+use serde::Serialize;
+use skiff_devices::virtio::block::{Block, DiskFile};
+use skiff_devices::virtio::fs::{CacheMode, Fs, FsShare};
+use skiff_devices::virtio::net::{format_mac, Net};
+use skiff_devices::virtio::vsock::{Vsock, VsockConnector};
+use skiff_devices::virtio::{
+    EmptySlot, MmioTransport, VirtioDevice, MMIO_NOTIFY_OFFSET, MMIO_REGION_SIZE, TYPE_VSOCK,
+};
+use skiff_devices::{Bus, BusError};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::layout;
+use crate::config::{DeviceConfig, FsCache, FsConfig};
+use crate::vstate::vm::{Vm, VmError};
+
+/// How many slots a VM can have: one per interrupt line set aside for
+/// virtio.
+pub const MAX_SLOTS: usize = (layout::VIRTIO_IRQ_LAST - layout::VIRTIO_IRQ_FIRST + 1) as usize;
+
+/// Errors attaching, adding or removing devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("too many virtio devices: {wanted} slots asked, at most {MAX_SLOTS}")]
+    TooManySlots { wanted: usize },
+    #[error("no free virtio-mmio slot: all {0} are in use (configure more hotplug slots)")]
+    NoFreeSlot(usize),
+    #[error("virtio-mmio slot {0} does not exist")]
+    NoSuchSlot(u32),
+    #[error("virtio-mmio slot {0} holds no device")]
+    SlotEmpty(u32),
+    #[error("vsock cannot be hot-plugged: the VM's one vsock device is configured at boot")]
+    VsockNotHotpluggable,
+    #[error("{device}: {source}")]
+    Create {
+        device: String,
+        source: std::io::Error,
+    },
+    #[error("creating an eventfd: {0}")]
+    EventFd(std::io::Error),
+    #[error("{what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("registering a device: {0}")]
+    Bus(#[from] BusError),
+}
+
+/// Where a slot is, for the guest and for whoever asked for a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct MmioSlot {
+    pub index: u32,
+    pub base: u64,
+    pub irq: u32,
+}
+
+impl MmioSlot {
+    fn new(index: usize) -> Self {
+        Self {
+            index: index as u32,
+            base: layout::VIRTIO_MMIO_START + index as u64 * MMIO_REGION_SIZE,
+            irq: layout::VIRTIO_IRQ_FIRST + index as u32,
+        }
+    }
+
+    /// The kernel parameter that declares the slot, with its platform
+    /// device id pinned to the slot index.
+    pub fn kernel_param(&self) -> String {
+        format!(
+            "virtio_mmio.device=4K@{:#x}:{}:{}",
+            self.base, self.irq, self.index
+        )
+    }
+
+    /// The slot's platform device in the guest.
+    pub fn guest_device(&self) -> String {
+        format!("virtio-mmio.{}", self.index)
+    }
+}
+
+/// What the VMM keeps of its devices to reach them from the host side.
+#[derive(Default)]
+pub struct DeviceHandles {
+    /// Opens connections to guest vsock ports (with `--vsock`).
+    pub vsock: Option<VsockConnector>,
+}
+
+/// Every virtio-mmio slot of one VM and the device in it, if any.
+pub struct DeviceManager {
+    mmio_bus: Arc<Bus>,
+    slots: Vec<Option<Arc<Mutex<MmioTransport>>>>,
+    handles: DeviceHandles,
+}
+
+impl DeviceManager {
+    /// Attaches `devices` in the first slots and leaves `hotplug_slots`
+    /// empty ones after them.
+    pub fn new(
+        vm: &Vm,
+        mmio_bus: Arc<Bus>,
+        devices: &[DeviceConfig],
+        hotplug_slots: u8,
+    ) -> Result<Self, DeviceError> {
+        let wanted = devices.len() + usize::from(hotplug_slots);
+        if wanted > MAX_SLOTS {
+            return Err(DeviceError::TooManySlots { wanted });
+        }
+        let mut manager = Self {
+            mmio_bus,
+            slots: Vec::with_capacity(wanted),
+            handles: DeviceHandles::default(),
+        };
+        for config in devices {
+            let slot = MmioSlot::new(manager.slots.len());
+            let device = create_device(config, &mut manager.handles)?;
+            let transport = manager.wire(vm, slot, device)?;
+            manager.slots.push(Some(transport));
+        }
+        for _ in 0..hotplug_slots {
+            let slot = MmioSlot::new(manager.slots.len());
+            manager.mmio_bus.insert(
+                Arc::new(Mutex::new(EmptySlot)),
+                slot.base,
+                MMIO_REGION_SIZE,
+            )?;
+            manager.slots.push(None);
+        }
+        Ok(manager)
+    }
+
+    /// The kernel parameters that declare every slot, in order.
+    pub fn kernel_params(&self) -> String {
+        (0..self.slots.len())
+            .map(|i| MmioSlot::new(i).kernel_param())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    pub fn vsock_connector(&self) -> Option<&VsockConnector> {
+        self.handles.vsock.as_ref()
+    }
+
+    /// Puts a new device in the first free slot while the VM runs.
+    pub fn add(&mut self, vm: &Vm, config: &DeviceConfig) -> Result<MmioSlot, DeviceError> {
+        if matches!(config, DeviceConfig::Vsock(_)) {
+            return Err(DeviceError::VsockNotHotpluggable);
+        }
+        let index = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or(DeviceError::NoFreeSlot(self.slots.len()))?;
+        let slot = MmioSlot::new(index);
+        let device = create_device(config, &mut self.handles)?;
+        // The transport is wired before the placeholder goes, so the guest
+        // never finds the window unmapped.
+        let transport = self.wire(vm, slot, device)?;
+        self.slots[index] = Some(transport);
+        Ok(slot)
+    }
+
+    /// Takes the device out of slot `index` and leaves the slot empty.
+    /// The guest should have unbound it first; if it has not, its driver
+    /// finds an empty slot and its requests never complete.
+    pub fn remove(&mut self, vm: &Vm, index: u32) -> Result<(), DeviceError> {
+        let entry = self
+            .slots
+            .get_mut(index as usize)
+            .ok_or(DeviceError::NoSuchSlot(index))?;
+        let is_vsock = entry.as_ref().is_some_and(|t| {
+            t.lock().unwrap_or_else(|e| e.into_inner()).device_type() == TYPE_VSOCK
+        });
+        if is_vsock {
+            return Err(DeviceError::VsockNotHotpluggable);
+        }
+        let transport = entry.take().ok_or(DeviceError::SlotEmpty(index))?;
+        let slot = MmioSlot::new(index as usize);
+        self.mmio_bus.remove(slot.base);
+        self.mmio_bus
+            .insert(Arc::new(Mutex::new(EmptySlot)), slot.base, MMIO_REGION_SIZE)?;
+        let guard = transport.lock().unwrap_or_else(|e| e.into_inner());
+        unwire(vm, slot, &guard, guard.queue_events().len());
+        drop(guard);
+        // Dropping the transport resets the device, which ends its worker
+        // (unless a vCPU still holds it for an access in flight: then the
+        // last reference does).
+        drop(transport);
+        tracing::info!(slot = index, "virtio device removed");
+        Ok(())
+    }
+
+    /// Routes `device`'s interrupt and queue notifications and maps it at
+    /// `slot`, replacing whatever was there; undoes it all on error.
+    fn wire(
+        &self,
+        vm: &Vm,
+        slot: MmioSlot,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<Arc<Mutex<MmioTransport>>, DeviceError> {
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        let transport =
+            MmioTransport::new(device, vm.memory().clone(), irqfd).map_err(DeviceError::EventFd)?;
+        vm.register_irqfd(transport.interrupt().irqfd(), slot.irq)?;
+        for (queue, evt) in transport.queue_events().iter().enumerate() {
+            let registered = vm.fd().register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(slot.base + MMIO_NOTIFY_OFFSET),
+                queue as u32,
+            );
+            if let Err(source) = registered {
+                unwire(vm, slot, &transport, queue);
+                return Err(DeviceError::Kvm {
+                    what: "KVM_IOEVENTFD",
+                    source,
+                });
+            }
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        let previous = self.mmio_bus.remove(slot.base);
+        if let Err(e) = self
+            .mmio_bus
+            .insert(transport.clone(), slot.base, MMIO_REGION_SIZE)
+        {
+            if let Some(previous) = previous {
+                let _ = self.mmio_bus.insert(previous, slot.base, MMIO_REGION_SIZE);
+            }
+            let guard = transport.lock().unwrap_or_else(|e| e.into_inner());
+            unwire(vm, slot, &guard, guard.queue_events().len());
+            return Err(e.into());
+        }
+        Ok(transport)
+    }
+}
+
+/// Unregisters `transport`'s irqfd and its first `queues` ioeventfds.
+/// Errors are logged: there is nothing more to undo.
+fn unwire(vm: &Vm, slot: MmioSlot, transport: &MmioTransport, queues: usize) {
+    for (queue, evt) in transport.queue_events().iter().take(queues).enumerate() {
+        if let Err(e) = vm.fd().unregister_ioevent(
+            evt,
+            &IoEventAddress::Mmio(slot.base + MMIO_NOTIFY_OFFSET),
+            queue as u32,
+        ) {
+            tracing::warn!(slot = slot.index, queue, "KVM_IOEVENTFD deassign: {e}");
+        }
+    }
+    if let Err(e) = vm.unregister_irqfd(transport.interrupt().irqfd(), slot.irq) {
+        tracing::warn!(slot = slot.index, "KVM_IRQFD deassign: {e}");
+    }
+}
+
+/// Creates the device model for `config`; keeps in `handles` what the VMM
+/// needs to reach it later.
+fn create_device(
+    config: &DeviceConfig,
+    handles: &mut DeviceHandles,
+) -> Result<Box<dyn VirtioDevice>, DeviceError> {
+    match config {
+        DeviceConfig::Block(disk) => DiskFile::open(&disk.path, disk.read_only, disk.direct)
+            .map(|file| Box::new(Block::new(file)) as Box<dyn VirtioDevice>)
+            .map_err(|e| DeviceError::Create {
+                device: format!("--disk {disk}"),
+                source: e.into(),
+            }),
+        DeviceConfig::Net(net) => Net::new(&net.tap, net.mac)
+            .map(|dev| Box::new(dev) as Box<dyn VirtioDevice>)
+            .map_err(|e| DeviceError::Create {
+                device: match net.mac {
+                    Some(mac) => format!("--net tap={},mac={}", net.tap, format_mac(&mac)),
+                    None => format!("--net tap={}", net.tap),
+                },
+                source: std::io::Error::other(e),
+            }),
+        DeviceConfig::Vsock(vsock) => {
+            let device = Vsock::new(vsock.guest_cid.into(), &vsock.socket).map_err(|e| {
+                DeviceError::Create {
+                    device: format!(
+                        "--vsock cid={},socket={}",
+                        vsock.guest_cid,
+                        vsock.socket.display()
+                    ),
+                    source: std::io::Error::other(e),
+                }
+            })?;
+            handles.vsock = Some(device.connector());
+            Ok(Box::new(device))
+        }
+        DeviceConfig::Fs(fs) => create_fs(fs),
+    }
+}
+
+fn create_fs(config: &FsConfig) -> Result<Box<dyn VirtioDevice>, DeviceError> {
+    let share = FsShare {
+        tag: config.tag.clone(),
+        path: config.path.clone(),
+        read_only: config.read_only,
+        cache: match config.cache {
+            FsCache::Never => CacheMode::Never,
+            FsCache::Auto => CacheMode::Auto,
+            FsCache::Always => CacheMode::Always,
+        },
+    };
+    let device = Fs::new(share).map_err(|e| DeviceError::Create {
+        device: format!("--fs tag={},path={}", config.tag, config.path.display()),
+        source: e.into(),
+    })?;
+    Ok(Box::new(device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_pin_their_guest_device_id() {
+        let first = MmioSlot::new(0);
+        assert_eq!(
+            first.kernel_param(),
+            format!(
+                "virtio_mmio.device=4K@{:#x}:{}:0",
+                layout::VIRTIO_MMIO_START,
+                layout::VIRTIO_IRQ_FIRST
+            )
+        );
+        let third = MmioSlot::new(2);
+        assert_eq!(third.base, layout::VIRTIO_MMIO_START + 2 * MMIO_REGION_SIZE);
+        assert_eq!(third.irq, layout::VIRTIO_IRQ_FIRST + 2);
+        assert_eq!(third.guest_device(), "virtio-mmio.2");
+        assert_eq!(
+            MmioSlot::new(MAX_SLOTS - 1).irq,
+            layout::VIRTIO_IRQ_LAST,
+            "the last slot has the last line"
+        );
+    }
+}
