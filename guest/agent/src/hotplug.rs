@@ -155,9 +155,32 @@ fn describe(slot_dir: &Path) -> Result<Option<GuestDevice>, HotplugError> {
                 err: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
             }
         })?;
+    let mut device = GuestDevice::new();
     let name = match virtio_type {
         TYPE_BLOCK => match first_entry(&virtio.join("block"), |_| true) {
-            Some(disk) => format!("/dev/{}", file_name(&disk)),
+            Some(disk) => {
+                let dev_path = disk.join("dev");
+                let numbers = match std::fs::read_to_string(&dev_path) {
+                    Ok(numbers) => numbers,
+                    // The disk's directory shows up before its attributes.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(err) => {
+                        return Err(HotplugError::Read {
+                            path: dev_path,
+                            err,
+                        })
+                    }
+                };
+                (device.major, device.minor) =
+                    parse_dev_numbers(&numbers).ok_or_else(|| HotplugError::Read {
+                        path: dev_path,
+                        err: std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("not MAJOR:MINOR: {numbers:?}"),
+                        ),
+                    })?;
+                format!("/dev/{}", file_name(&disk))
+            }
             None => return Ok(None),
         },
         TYPE_NET => match first_entry(&virtio.join("net"), |_| true) {
@@ -166,10 +189,15 @@ fn describe(slot_dir: &Path) -> Result<Option<GuestDevice>, HotplugError> {
         },
         _ => String::new(),
     };
-    let mut device = GuestDevice::new();
     device.virtio_type = virtio_type;
     device.name = name;
     Ok(Some(device))
+}
+
+/// "254:16\n" (a sysfs `dev` file) into (254, 16).
+fn parse_dev_numbers(s: &str) -> Option<(u32, u32)> {
+    let (major, minor) = s.trim().split_once(':')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 /// The first entry of `dir` (in name order) whose name passes `wanted`.
@@ -211,6 +239,7 @@ mod tests {
         std::fs::create_dir_all(devices.join("virtio-mmio.1")).unwrap();
         let disk = devices.join("virtio-mmio.2/virtio3");
         std::fs::create_dir_all(disk.join("block/vdb")).unwrap();
+        std::fs::write(disk.join("block/vdb/dev"), "254:16\n").unwrap();
         std::fs::write(disk.join("device"), "0x0002\n").unwrap();
         std::fs::create_dir_all(devices.join("virtio-mmio.2/driver")).unwrap();
         std::fs::create_dir_all(r.join("sys/bus/platform/drivers/virtio-mmio")).unwrap();
@@ -230,6 +259,7 @@ mod tests {
         let slot = root.path().join("sys/bus/platform/devices/virtio-mmio.2");
         let disk = describe(&slot).unwrap().unwrap();
         assert_eq!((disk.virtio_type, disk.name.as_str()), (2, "/dev/vdb"));
+        assert_eq!((disk.major, disk.minor), (254, 16));
 
         let net = root.path().join("net-slot");
         std::fs::create_dir_all(net.join("virtio0/net/eth1")).unwrap();
@@ -251,7 +281,12 @@ mod tests {
         let empty = root.path().join("sys/bus/platform/devices/virtio-mmio.1");
         assert!(describe(&empty).unwrap().is_none());
 
-        // A type file that is not hex is an error, not a panic.
+        // A disk without its numbers yet is pending; garbage in them, or
+        // in the type file, is an error, not a panic.
+        std::fs::create_dir_all(pending.join("virtio5/block/vdc")).unwrap();
+        assert!(describe(&pending).unwrap().is_none());
+        std::fs::write(pending.join("virtio5/block/vdc/dev"), "254:x").unwrap();
+        assert!(describe(&pending).is_err());
         std::fs::write(pending.join("virtio5/device"), "garbage").unwrap();
         assert!(describe(&pending).is_err());
     }

@@ -5,15 +5,16 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use nix::sys::stat::SFlag;
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, LinuxNamespaceType, Process, Spec};
 
 use crate::mounts::{secure_join, MountError, MountOptions};
 use crate::security::{rlimits_from_spec, CapSets, Rlimit, SecurityError};
-use crate::spawn::{MountPlan, RootfsPlan};
+use crate::spawn::{DevicePlan, MountPlan, RootfsPlan};
 use crate::user::{ResolvedUser, UserError};
 
 /// Problems with a spec or process the runtime sent.
@@ -42,6 +43,16 @@ pub enum SpecError {
     },
     #[error("{0} namespaces are not supported")]
     UnsupportedNamespace(String),
+    #[error("device {0:?}: devices go below /dev, and the spec must mount a tmpfs there")]
+    DeviceOutsideDev(String),
+    #[error("device {path:?}: type {typ:?} cannot be created")]
+    DeviceType { path: String, typ: String },
+    #[error("device {path:?}: number {major}:{minor} is out of range")]
+    DeviceNumber {
+        path: String,
+        major: i64,
+        minor: i64,
+    },
     #[error("open namespace {path}: {err}")]
     Namespace { path: PathBuf, err: std::io::Error },
     #[error(transparent)]
@@ -196,6 +207,13 @@ pub fn rootfs_plan(spec: &Spec, rootfs: &Path) -> Result<RootfsPlan, SpecError> 
         });
     }
     let linux = spec.linux().as_ref();
+    let dev_is_tmpfs = mounts.iter().any(|m| m.populate_dev);
+    let devices = linux
+        .and_then(|l| l.devices().as_ref())
+        .into_iter()
+        .flatten()
+        .map(|d| device_plan(d, rootfs, dev_is_tmpfs))
+        .collect::<Result<Vec<_>, _>>()?;
     let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
         Some("shared") | Some("rshared") => MsFlags::MS_SHARED | MsFlags::MS_REC,
         Some("slave") | Some("rslave") => MsFlags::MS_SLAVE | MsFlags::MS_REC,
@@ -210,6 +228,7 @@ pub fn rootfs_plan(spec: &Spec, rootfs: &Path) -> Result<RootfsPlan, SpecError> 
             .unwrap_or(false),
         propagation,
         mounts,
+        devices,
         masked_paths: linux
             .and_then(|l| l.masked_paths().clone())
             .unwrap_or_default()
@@ -222,6 +241,50 @@ pub fn rootfs_plan(spec: &Spec, rootfs: &Path) -> Result<RootfsPlan, SpecError> 
             .into_iter()
             .map(PathBuf::from)
             .collect(),
+    })
+}
+
+/// A device node of `linux.devices`, made in the container's own /dev
+/// tmpfs: never in the rootfs, which is the host's directory shared over
+/// virtio-fs.
+fn device_plan(
+    d: &LinuxDevice,
+    rootfs: &Path,
+    dev_is_tmpfs: bool,
+) -> Result<DevicePlan, SpecError> {
+    let path = d.path().display().to_string();
+    let below_dev = d.path().is_absolute()
+        && d.path().starts_with("/dev")
+        && d.path() != Path::new("/dev")
+        && !d.path().components().any(|c| c == Component::ParentDir);
+    if !below_dev || !dev_is_tmpfs {
+        return Err(SpecError::DeviceOutsideDev(path));
+    }
+    let kind = match d.typ() {
+        LinuxDeviceType::B => SFlag::S_IFBLK,
+        LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
+        LinuxDeviceType::P => SFlag::S_IFIFO,
+        LinuxDeviceType::A => {
+            return Err(SpecError::DeviceType {
+                path,
+                typ: "a".into(),
+            })
+        }
+    };
+    let (major, minor) = (d.major(), d.minor());
+    let number = match (u32::try_from(major), u32::try_from(minor)) {
+        (Ok(ma), Ok(mi)) if ma < 1 << 12 && mi < 1 << 20 => {
+            nix::sys::stat::makedev(ma.into(), mi.into())
+        }
+        _ => return Err(SpecError::DeviceNumber { path, major, minor }),
+    };
+    Ok(DevicePlan {
+        target: secure_join(rootfs, d.path())?,
+        kind,
+        number,
+        mode: d.file_mode().unwrap_or(0o666) & 0o7777,
+        uid: d.uid().unwrap_or(0),
+        gid: d.gid().unwrap_or(0),
     })
 }
 
@@ -380,6 +443,52 @@ mod tests {
             e.to_string(),
             "mount source /nonexistent/src for /data does not exist"
         );
+    }
+
+    #[test]
+    fn devices_are_made_only_in_a_dev_tmpfs() {
+        let with = |mounts: &str, device: &str| {
+            let json = format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"/"}},"mounts":[{mounts}],
+                    "linux":{{"devices":[{device}]}}}}"#
+            );
+            rootfs_plan(&spec(&json), Path::new("/tmp")).map(|p| p.devices)
+        };
+        let dev_tmpfs = r#"{"destination":"/dev","type":"tmpfs","source":"tmpfs"}"#;
+        let disk =
+            r#"{"path":"/dev/loop0","type":"b","major":254,"minor":16,"fileMode":8630,"uid":5}"#;
+        let plan = with(dev_tmpfs, disk).unwrap();
+        assert_eq!(plan.len(), 1);
+        assert_eq!(plan[0].target, Path::new("/tmp/dev/loop0"));
+        assert_eq!(plan[0].kind, SFlag::S_IFBLK);
+        assert_eq!(plan[0].number, nix::sys::stat::makedev(254, 16));
+        assert_eq!((plan[0].mode, plan[0].uid, plan[0].gid), (0o666, 5, 0));
+
+        // No tmpfs at /dev: the node would land in the shared rootfs.
+        let e = with("", disk).unwrap_err();
+        assert!(matches!(e, SpecError::DeviceOutsideDev(_)), "{e}");
+        for path in ["/etc/x", "/dev", "/dev/../etc/x", "dev/x"] {
+            let d = format!(r#"{{"path":"{path}","type":"c","major":1,"minor":3}}"#);
+            let e = with(dev_tmpfs, &d).unwrap_err();
+            assert!(matches!(e, SpecError::DeviceOutsideDev(_)), "{path}: {e}");
+        }
+        let e = with(
+            dev_tmpfs,
+            r#"{"path":"/dev/x","type":"b","major":-1,"minor":0}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"device "/dev/x": number -1:0 is out of range"#
+        );
+        let e = with(
+            dev_tmpfs,
+            r#"{"path":"/dev/x","type":"b","major":4096,"minor":0}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(e, SpecError::DeviceNumber { .. }), "{e}");
+        let e = with(dev_tmpfs, r#"{"path":"/dev/x","type":"a"}"#).unwrap_err();
+        assert!(matches!(e, SpecError::DeviceType { .. }), "{e}");
     }
 
     #[test]

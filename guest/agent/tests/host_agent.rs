@@ -421,6 +421,34 @@ fn create_start_io_wait_and_remove() {
     // Wait can be asked again.
     assert_eq!(a.wait("c1", ""), 3);
     a.remove("c1");
+
+    // linux.devices: nodes in the container's /dev tmpfs, with the spec's
+    // mode and owner (here the null device under another name).
+    let (mut spec, st) = a.spec(
+        "dev",
+        &[
+            "sh",
+            "-c",
+            "ls -ln /dev/sub/mynull; echo x > /dev/sub/mynull && echo wrote",
+        ],
+    );
+    spec["linux"]["devices"] = json!([
+        {"path": "/dev/sub/mynull", "type": "c", "major": 1, "minor": 3, "fileMode": 0o640, "uid": 7, "gid": 0}
+    ]);
+    a.create("dev", &spec, st).unwrap();
+    a.start("dev");
+    let out = a.read_all("dev", "", false);
+    let ls: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(ls.first(), Some(&"crw-r-----"), "{out}");
+    assert_eq!(ls.get(2), Some(&"7"), "owner: {out}");
+    assert!(out.ends_with("wrote\n"), "{out}");
+    assert_eq!(a.wait("dev", ""), 0);
+    a.remove("dev");
     a.assert_clean();
 }
 
