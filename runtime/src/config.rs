@@ -34,6 +34,10 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The VM's virtio-mmio slots less those the sandbox boots with (vsock,
+/// the shared directory, one pod interface).
+const MAX_HOTPLUG_SLOTS: u8 = skiff_vmm::device_manager::MAX_SLOTS as u8 - 3;
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
@@ -57,6 +61,10 @@ pub struct HypervisorConfig {
     /// Keep the guest kernel's messages (no `quiet`) in the sandbox's
     /// `console.log` and copy them into the shim log.
     pub debug_console: bool,
+    /// virtio-mmio slots kept free for devices added while the sandbox
+    /// runs: block devices a container's spec passes in (`linux.devices`,
+    /// `ctr run --device`, Kubernetes `volumeDevices`).
+    pub hotplug_slots: u8,
 }
 
 impl Default for HypervisorConfig {
@@ -69,6 +77,7 @@ impl Default for HypervisorConfig {
             memory_mib: 256,
             kernel_params: String::new(),
             debug_console: false,
+            hotplug_slots: 4,
         }
     }
 }
@@ -192,6 +201,12 @@ impl RuntimeConfig {
                 hv.memory_mib
             )));
         }
+        if hv.hotplug_slots > MAX_HOTPLUG_SLOTS {
+            return Err(ConfigError::Invalid(format!(
+                "hypervisor.hotplug_slots = {} is above the maximum of {MAX_HOTPLUG_SLOTS}",
+                hv.hotplug_slots
+            )));
+        }
         if hv.kernel_params.contains('"') {
             return Err(ConfigError::Invalid(
                 "hypervisor.kernel_params must not contain '\"'".into(),
@@ -239,6 +254,17 @@ mod tests {
         assert!(
             err.contains("kernel /nonexistent/vmlinux does not exist"),
             "{err}"
+        );
+
+        let mut config = RuntimeConfig::default();
+        let exists = std::env::current_exe().unwrap();
+        config.hypervisor.kernel = exists.clone();
+        config.hypervisor.initrd = exists;
+        config.validate().unwrap();
+        config.hypervisor.hotplug_slots = 17;
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "configuration: hypervisor.hotplug_slots = 17 is above the maximum of 16"
         );
 
         let mut config = RuntimeConfig::default();

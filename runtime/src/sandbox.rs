@@ -3,23 +3,25 @@
 //! connector, and the shared directory that carries container root
 //! filesystems into the guest.
 
+use std::collections::HashMap;
 use std::os::fd::IntoRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oci_spec::runtime::Spec;
 use skiff_agent_protocol::agent::{
-    CheckRequest, ContainerRequest, CreateContainerRequest, CreateSandboxRequest, Empty, Interface,
-    IpAddress, RemoveContainerRequest, Route, Routes, SetGuestDateTimeRequest, Storage,
-    StorageDriver,
+    CheckRequest, ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DeviceRequest,
+    Empty, Interface, IpAddress, RemoveContainerRequest, Route, Routes, SetGuestDateTimeRequest,
+    Storage, StorageDriver,
 };
 use skiff_agent_protocol::agent_ttrpc::AgentServiceClient;
 use skiff_agent_protocol::ttrpc;
 use skiff_agent_protocol::DEFAULT_VSOCK_PORT;
 use skiff_vmm::config::{
-    default_cmdline, host_has_hardware_virt, parse_mac, DeviceConfig, FsConfig, NetConfig,
-    VsockConfig,
+    default_cmdline, host_has_hardware_virt, parse_mac, BlockConfig, DeviceConfig, FsConfig,
+    NetConfig, VsockConfig,
 };
 use skiff_vmm::timeline::Milestone;
 use skiff_vmm::{ConsoleConfig, VmConfig, VmState, VmmError, VmmHandle};
@@ -28,7 +30,7 @@ use crate::config::{ConfigError, RuntimeConfig};
 use crate::network::{self, NetworkError, PodNetwork};
 use crate::persist::{self, ContainerState, PersistError, SandboxState};
 use crate::share::{self, ShareError};
-use crate::spec::{self, SpecError, ROOTFS_DIR};
+use crate::spec::{self, BlockDevice, GuestSpec, SpecError, ROOTFS_DIR};
 
 /// virtio-fs tag of the sandbox's shared directory.
 pub const SHARE_TAG: &str = "skiffshared";
@@ -74,6 +76,13 @@ pub enum SandboxError {
     },
     #[error("container {0} is not in this sandbox")]
     NoSuchContainer(String),
+    #[error("block device {path} ({major}:{minor}): {why}")]
+    HostDevice {
+        path: PathBuf,
+        major: i64,
+        minor: i64,
+        why: String,
+    },
 }
 
 /// An agent error as a person reads it: a status's message, not its
@@ -115,6 +124,8 @@ pub struct Sandbox {
     agent: AgentServiceClient,
     state: Mutex<SandboxState>,
     timeline: BootTimeline,
+    /// The VMM slots of the block devices hot-added for each container.
+    block_devices: Mutex<HashMap<String, Vec<u32>>>,
 }
 
 /// Undoes a half-made sandbox unless disarmed.
@@ -234,7 +245,7 @@ impl Sandbox {
             memory_mib: hv.memory_mib,
             console: ConsoleConfig::File(console.clone()),
             devices,
-            hotplug_slots: 0,
+            hotplug_slots: hv.hotplug_slots,
         })?;
         vmm.start()?;
         // The VMM made the taps when the VM started.
@@ -266,6 +277,7 @@ impl Sandbox {
             agent,
             state: Mutex::new(state),
             timeline,
+            block_devices: Mutex::default(),
         };
         sandbox.set_guest_clock()?;
         let mut storage = Storage::new();
@@ -415,7 +427,7 @@ impl Sandbox {
     ) -> Result<(), SandboxError> {
         persist::check_id(container_id)?;
         let guest_dir = Path::new(GUEST_SHARE_DIR).join(container_id);
-        let guest = spec::for_guest(spec, &guest_dir)?;
+        let mut guest = spec::for_guest(spec, &guest_dir)?;
         let host_dir = self.host_dir(container_id);
         let mut mounts = vec![host_dir.join(ROOTFS_DIR)];
         mounts.extend(guest.binds.iter().map(|b| host_dir.join(&b.share_path)));
@@ -437,6 +449,7 @@ impl Sandbox {
                     bind.read_only,
                 )?;
             }
+            self.attach_block_devices(container_id, &mut guest)?;
             let mut req = CreateContainerRequest::new();
             req.container_id = container_id.into();
             req.oci_spec_json = serde_json::to_vec(&guest.spec).expect("spec serialises");
@@ -446,7 +459,71 @@ impl Sandbox {
             Ok(())
         })();
         if result.is_err() {
+            let _ = self.detach_block_devices(container_id);
             let _ = self.unshare(container_id);
+        }
+        result
+    }
+
+    /// Hot-adds the host block devices `guest` passes in and gives its
+    /// `linux.devices` entries the guest's numbers for them.
+    fn attach_block_devices(
+        &self,
+        container_id: &str,
+        guest: &mut GuestSpec,
+    ) -> Result<(), SandboxError> {
+        for device in guest.block_devices.clone() {
+            let host_path = host_block_device(&device)?;
+            let slot = self.vmm.add_device(DeviceConfig::Block(BlockConfig {
+                path: host_path.clone(),
+                read_only: false,
+                direct: false,
+            }))?;
+            self.block_devices
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(container_id.into())
+                .or_default()
+                .push(slot.index);
+            let mut req = DeviceRequest::new();
+            req.mmio_slot = slot.index;
+            let added = self
+                .agent
+                .add_device(self.ctx(), &req)
+                .map_err(agent_err("AddDevice"))?;
+            guest.set_guest_device_number(device.index, added.major, added.minor);
+            tracing::info!(
+                "container {container_id}: {} is {} ({}:{}) in the guest, slot {}",
+                host_path.display(),
+                added.name,
+                added.major,
+                added.minor,
+                slot.index
+            );
+        }
+        Ok(())
+    }
+
+    /// Unbinds the container's hot-added devices in the guest and takes
+    /// them out of the VM.
+    fn detach_block_devices(&self, container_id: &str) -> Result<(), SandboxError> {
+        let slots = self
+            .block_devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(container_id)
+            .unwrap_or_default();
+        let mut result = Ok(());
+        for slot in slots.into_iter().rev() {
+            let mut req = DeviceRequest::new();
+            req.mmio_slot = slot;
+            if let Err(e) = self.agent.remove_device(self.ctx(), &req) {
+                // Taken out anyway: the container that used it is gone.
+                tracing::warn!("container {container_id}: slot {slot}: {}", describe(&e));
+            }
+            if let Err(e) = self.vmm.remove_device(slot) {
+                result = Err(e.into());
+            }
         }
         result
     }
@@ -469,8 +546,9 @@ impl Sandbox {
             .remove_container(self.ctx(), &req)
             .map(drop)
             .map_err(agent_err("RemoveContainer"));
+        let detached = self.detach_block_devices(container_id);
         self.unshare(container_id)?;
-        removed
+        removed.and(detached)
     }
 
     fn unshare(&self, container_id: &str) -> Result<(), SandboxError> {
@@ -491,6 +569,33 @@ impl Sandbox {
         let _ = self.vmm.stop();
         remove_sandbox_dir(&self.dir)
     }
+}
+
+/// The host's node for `device`'s number, found through sysfs (no udev
+/// `/dev/block` links needed), checked to be that block device.
+fn host_block_device(device: &BlockDevice) -> Result<PathBuf, SandboxError> {
+    let (major, minor) = (device.major, device.minor);
+    let err = |why: String| SandboxError::HostDevice {
+        path: device.path.clone(),
+        major,
+        minor,
+        why,
+    };
+    let uevent = format!("/sys/dev/block/{major}:{minor}/uevent");
+    let text = std::fs::read_to_string(&uevent)
+        .map_err(|e| err(format!("not on this host ({uevent}: {e})")))?;
+    let name = text
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .filter(|n| !n.is_empty() && !n.split('/').any(|part| part == ".."))
+        .ok_or_else(|| err(format!("{uevent} names no device")))?;
+    let node = Path::new("/dev").join(name);
+    let meta = std::fs::metadata(&node).map_err(|e| err(format!("{}: {e}", node.display())))?;
+    let number = libc::makedev(major as u32, minor as u32);
+    if !meta.file_type().is_block_device() || meta.rdev() != number {
+        return Err(err(format!("{} is another device", node.display())));
+    }
+    Ok(node)
 }
 
 /// Starts the VMM thread inside the pod's network namespace, so the taps

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, Mount, Spec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -26,6 +26,17 @@ pub enum SpecError {
     UserNamespace,
 }
 
+/// A host block device the spec passes in (`linux.devices[index]`): the
+/// runtime hot-adds it to the VM and gives the entry the guest's numbers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockDevice {
+    pub index: usize,
+    /// Where the container sees it.
+    pub path: PathBuf,
+    pub major: i64,
+    pub minor: i64,
+}
+
 /// A host file or directory the guest needs: bind-mounted into the
 /// container's share directory at `share_path` (relative to it).
 #[derive(Clone, Debug, PartialEq)]
@@ -35,11 +46,26 @@ pub struct HostBind {
     pub read_only: bool,
 }
 
-/// The guest's spec and the host paths it needs shared.
+/// The guest's spec, the host paths it needs shared and the host block
+/// devices it needs hot-added.
 #[derive(Debug)]
 pub struct GuestSpec {
     pub spec: Spec,
     pub binds: Vec<HostBind>,
+    pub block_devices: Vec<BlockDevice>,
+}
+
+impl GuestSpec {
+    /// Points `linux.devices[index]` at the guest's device number.
+    pub fn set_guest_device_number(&mut self, index: usize, major: u32, minor: u32) {
+        let Some(linux) = self.spec.linux_mut().as_mut() else {
+            return;
+        };
+        if let Some(device) = linux.devices_mut().as_mut().and_then(|d| d.get_mut(index)) {
+            device.set_major(major.into());
+            device.set_minor(minor.into());
+        }
+    }
 }
 
 /// Where a container's rootfs is in its share directory.
@@ -126,7 +152,22 @@ pub fn for_guest(mut spec: Spec, guest_dir: &Path) -> Result<GuestSpec, SpecErro
     }
     spec.set_mounts(Some(mounts));
 
+    let mut block_devices = Vec::new();
     if let Some(mut linux) = spec.linux().clone() {
+        // Character devices keep their numbers: the common ones (null,
+        // zero, random, tty, fuse) are the same in the guest. Block
+        // devices are the host's disks, which the guest only has once
+        // hot-added.
+        for (index, device) in linux.devices().iter().flatten().enumerate() {
+            if device.typ() == LinuxDeviceType::B {
+                block_devices.push(BlockDevice {
+                    index,
+                    path: device.path().clone(),
+                    major: device.major(),
+                    minor: device.minor(),
+                });
+            }
+        }
         let mut namespaces = linux.namespaces().clone().unwrap_or_default();
         if namespaces
             .iter()
@@ -145,7 +186,11 @@ pub fn for_guest(mut spec: Spec, guest_dir: &Path) -> Result<GuestSpec, SpecErro
         linux.set_cgroups_path(None);
         spec.set_linux(Some(linux));
     }
-    Ok(GuestSpec { spec, binds })
+    Ok(GuestSpec {
+        spec,
+        binds,
+        block_devices,
+    })
 }
 
 #[cfg(test)]
@@ -180,6 +225,37 @@ mod tests {
                 ]
             }
         })
+    }
+
+    #[test]
+    fn block_devices_are_listed_for_hotplug_and_renumbered() {
+        let mut value = base();
+        value["linux"]["devices"] = json!([
+            {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229},
+            {"path": "/dev/xvda", "type": "b", "major": 7, "minor": 3}
+        ]);
+        let mut guest = for_guest(spec(value), Path::new("/run/skiff/shared/c1")).unwrap();
+        assert_eq!(
+            guest.block_devices,
+            vec![BlockDevice {
+                index: 1,
+                path: "/dev/xvda".into(),
+                major: 7,
+                minor: 3,
+            }]
+        );
+        guest.set_guest_device_number(1, 254, 16);
+        guest.set_guest_device_number(9, 1, 1); // no such entry: nothing
+        let devices = guest
+            .spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .clone()
+            .unwrap();
+        let numbers: Vec<_> = devices.iter().map(|d| (d.major(), d.minor())).collect();
+        assert_eq!(numbers, [(10, 229), (254, 16)]);
     }
 
     #[test]

@@ -168,11 +168,14 @@ fn containers_run_through_real_containerd() {
     steps.mark("ctr run -t --rm: TTY output, exit 3");
 
     // A long-running container in a network namespace made like a CNI
-    // plugin would (veth with an address): exec into it, reach the host
-    // over the pod network, pause, resume, kill.
+    // plugin would (veth with an address), with a host block device passed
+    // in (hot-added to the running VM): exec into it, reach the host over
+    // the pod network, use the disk, pause, resume, kill.
     let long_net = TestNetns::new(1);
+    let disk = LoopDevice::new(&scratch.0.join("disk.img"));
     let socket = ctrd.socket.clone();
     let with_ns = format!("network:{}", long_net.path.display());
+    let device = disk.path.clone();
     let long_run = std::thread::spawn(move || -> Ctr {
         Command::new("ctr")
             .arg("-a")
@@ -185,6 +188,8 @@ fn containers_run_through_real_containerd() {
                 "67108864",
                 "--cpus",
                 "0.5",
+                "--device",
+                &device,
             ])
             .arg(BUSYBOX)
             .args(["long", "sleep", "1000"])
@@ -252,6 +257,28 @@ fn containers_run_through_real_containerd() {
     );
     assert!(long_net.ip(&["link"]).contains("skiff-tap0"));
     steps.mark("pod network: address in the guest, ping both ways");
+
+    // The host's disk, hot-added when the container was created, is in
+    // the container under its host name: the guest reads what the host
+    // wrote and the host reads what the guest writes.
+    let script = format!(
+        "md5sum {dev} | cut -d' ' -f1; echo written-by-the-guest | dd of={dev} conv=notrunc,fsync 2>/dev/null && echo ok",
+        dev = disk.path
+    );
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e6",
+        "long",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    expect(&out, 0, "use the hot-added disk", &ctrd);
+    assert_eq!(out.stdout, format!("{}\nok\n", disk.initial_md5));
+    assert_eq!(disk.head(20), b"written-by-the-guest");
+    steps.mark("--device: a host disk hot-added into the running VM, read and written");
 
     // The spec's limits are the guest cgroup's, and come back in metrics.
     let out = ctrd.ctr(&["task", "metrics", "long"]);
@@ -350,4 +377,48 @@ fn containers_run_through_real_containerd() {
     assert_clean(&ctrd, "crash");
     assert_eq!(crash_net.skiff_leftovers(), Vec::<String>::new());
     steps.mark("shim SIGKILL + task rm -f + c rm: nothing left");
+}
+
+/// A loop device over a 1 MiB image of a known pattern; detached on drop.
+struct LoopDevice {
+    path: String,
+    initial_md5: String,
+}
+
+impl LoopDevice {
+    fn new(image: &std::path::Path) -> Self {
+        let pattern: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(image, &pattern).unwrap();
+        let md5 = Command::new("md5sum").arg(image).output().unwrap();
+        let initial_md5 = String::from_utf8_lossy(&md5.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(image)
+            .output()
+            .expect("losetup (util-linux)");
+        assert!(out.status.success(), "losetup: {out:?}");
+        let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        Self { path, initial_md5 }
+    }
+
+    /// The device's first `n` bytes, as the host sees them now.
+    fn head(&self, n: usize) -> Vec<u8> {
+        use std::io::Read;
+        let mut buf = vec![0; n];
+        std::fs::File::open(&self.path)
+            .unwrap()
+            .read_exact(&mut buf)
+            .unwrap();
+        buf
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.path]).status();
+    }
 }
