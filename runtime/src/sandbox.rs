@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxDeviceType, Spec};
 use skiff_agent_protocol::agent::{
     CheckRequest, ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DeviceRequest,
     Empty, Interface, IpAddress, RemoveContainerRequest, Route, Routes, SetGuestDateTimeRequest,
@@ -571,6 +571,23 @@ impl Sandbox {
     }
 }
 
+/// Checks that every block device `spec` passes in is on this host, so a
+/// bad one fails the request before a VM is made for it.
+pub fn check_host_devices(spec: &Spec) -> Result<(), SandboxError> {
+    let devices = spec.linux().as_ref().and_then(|l| l.devices().as_ref());
+    for (index, device) in devices.into_iter().flatten().enumerate() {
+        if device.typ() == LinuxDeviceType::B {
+            host_block_device(&BlockDevice {
+                index,
+                path: device.path().clone(),
+                major: device.major(),
+                minor: device.minor(),
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// The host's node for `device`'s number, found through sysfs (no udev
 /// `/dev/block` links needed), checked to be that block device.
 fn host_block_device(device: &BlockDevice) -> Result<PathBuf, SandboxError> {
@@ -717,6 +734,30 @@ pub fn sandbox_id_of(spec: &Spec, container_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_devices_must_be_on_this_host() {
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"devices": [
+                {"path": "/dev/null", "type": "c", "major": 1, "minor": 3},
+                {"path": "/dev/nope", "type": "b", "major": 4095, "minor": 4095}
+            ]}
+        }))
+        .unwrap();
+        let err = check_host_devices(&spec).unwrap_err().to_string();
+        assert!(
+            err.starts_with("block device /dev/nope (4095:4095): not on this host"),
+            "{err}"
+        );
+        let negative = BlockDevice {
+            index: 0,
+            path: "/dev/x".into(),
+            major: -1,
+            minor: 0,
+        };
+        assert!(host_block_device(&negative).is_err());
+    }
 
     #[test]
     fn cri_containers_join_their_pod_and_others_stand_alone() {

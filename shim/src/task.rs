@@ -27,7 +27,7 @@ use skiff_agent_protocol::agent::{
     TtyWinResizeRequest, UpdateContainerRequest,
 };
 use skiff_runtime::network;
-use skiff_runtime::sandbox::{annotations, sandbox_id_of};
+use skiff_runtime::sandbox::{annotations, check_host_devices, sandbox_id_of};
 use skiff_runtime::stdio::{Relays, StdioPaths};
 use skiff_runtime::{spec, RuntimeConfig, Sandbox};
 
@@ -290,6 +290,7 @@ impl Inner {
         let config = RuntimeConfig::load(config_path.as_deref()).map_err(|e| invalid(&e))?;
         let bundle = PathBuf::from(&req.bundle);
         let spec = spec::load(&bundle).map_err(|e| invalid(&e))?;
+        check_host_devices(&spec).map_err(|e| invalid(&e))?;
         let sandbox_id = sandbox_id_of(&spec, &req.id);
         let root = spec
             .root()

@@ -77,7 +77,14 @@ fn bad_input(ctrd: &Containerd, scratch: &std::path::Path) {
             "root": {"path": "rootfs"},
             "linux": {"namespaces": [{"type": "pid"}, {"type": "bogus"}]}}"#,
     );
-    let cases: [(&str, Vec<&str>, &str); 4] = [
+    let missing_disk = config(
+        "missing-disk.json",
+        r#"{"ociVersion": "1.0.2",
+            "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "linux": {"devices": [{"path": "/dev/nope", "type": "b", "major": 4095, "minor": 4095}]}}"#,
+    );
+    let cases: [(&str, Vec<&str>, &str); 5] = [
         (
             "bad-kernel",
             vec![
@@ -110,6 +117,11 @@ fn bad_input(ctrd: &Containerd, scratch: &std::path::Path) {
             vec!["--config", &bad_spec, "bad-spec"],
             "unknown variant `bogus`",
         ),
+        (
+            "bad-device",
+            vec!["--config", &missing_disk, "bad-device"],
+            "block device /dev/nope (4095:4095): not on this host",
+        ),
     ];
     for (id, args, message) in cases {
         let mut full = vec!["run", "--rm", "--runtime", RUNTIME];
@@ -136,7 +148,7 @@ fn containers_run_through_real_containerd() {
     steps.mark("containerd started, busybox imported");
 
     bad_input(&ctrd, &scratch.0);
-    steps.mark("bad input: 4 clear errors, nothing left");
+    steps.mark("bad input: 5 clear errors, nothing left");
 
     let run = |args: &[&str]| {
         let mut full = vec!["run", "--rm", "--runtime", RUNTIME, BUSYBOX];
