@@ -4,17 +4,13 @@
 //! `cargo run --release -p skiff-tests --example bench_hotplug -- --rounds 10`
 //! (after `make build guest`, as root). Prints a Markdown table.
 
-use std::os::fd::IntoRawFd;
 use std::time::{Duration, Instant};
 
 use skiff_agent_protocol::agent::{CheckRequest, DeviceRequest};
-use skiff_agent_protocol::agent_ttrpc::AgentServiceClient;
-use skiff_agent_protocol::{ttrpc, DEFAULT_VSOCK_PORT};
-use skiff_tests::{guest_artifact, kernel, Scratch};
-use skiff_vmm::config::{
-    default_cmdline, host_has_hardware_virt, BlockConfig, DeviceConfig, VsockConfig,
-};
-use skiff_vmm::{ConsoleConfig, VmConfig, VmmHandle};
+use skiff_agent_protocol::ttrpc;
+use skiff_tests::{agent_vm_config, connect_agent, Scratch};
+use skiff_vmm::config::{host_has_hardware_virt, BlockConfig, DeviceConfig, VsockConfig};
+use skiff_vmm::VmmHandle;
 
 const PHASES: [&str; 4] = [
     "VMM add_device (host)",
@@ -37,30 +33,15 @@ fn main() {
         .unwrap();
 
     let vmm = VmmHandle::spawn(Instant::now()).unwrap();
-    vmm.configure(VmConfig {
-        kernel: kernel(),
-        initrd: Some(guest_artifact("initramfs.cpio")),
-        cmdline: default_cmdline(host_has_hardware_virt()),
-        vcpus: 1,
-        memory_mib: 256,
-        console: ConsoleConfig::File(scratch.0.join("console.log")),
-        devices: vec![DeviceConfig::Vsock(VsockConfig {
-            guest_cid: 3,
-            socket: scratch.0.join("v.sock"),
-        })],
-        hotplug_slots: 1,
-    })
-    .unwrap();
+    let console = scratch.0.join("console.log");
+    let vsock = DeviceConfig::Vsock(VsockConfig {
+        guest_cid: 3,
+        socket: scratch.0.join("v.sock"),
+    });
+    vmm.configure(agent_vm_config(&console, vec![vsock], 1))
+        .unwrap();
     vmm.start().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(900);
-    let stream = loop {
-        match vmm.vsock_connect(DEFAULT_VSOCK_PORT) {
-            Ok(stream) => break stream,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
-            Err(e) => panic!("the agent never answered: {e}"),
-        }
-    };
-    let agent = AgentServiceClient::new(ttrpc::Client::new(stream.into_raw_fd()).unwrap());
+    let agent = connect_agent(&vmm, &console);
     let ctx = || ttrpc::context::with_timeout(Duration::from_secs(120).as_nanos() as i64);
     agent.check(ctx(), &CheckRequest::new()).unwrap();
 

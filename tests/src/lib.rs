@@ -7,9 +7,15 @@
 
 pub mod containerd;
 
+use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use skiff_agent_protocol::agent_ttrpc::AgentServiceClient;
+use skiff_agent_protocol::{ttrpc, DEFAULT_VSOCK_PORT};
+use skiff_vmm::config::{default_cmdline, host_has_hardware_virt, DeviceConfig};
+use skiff_vmm::{ConsoleConfig, VmConfig, VmState, VmmHandle};
 
 /// A test's scratch directory, `$TMPDIR/skiff-NAME-PID`: empty at the
 /// start, removed however the test ends.
@@ -153,4 +159,40 @@ pub fn make_ext4(image: &Path, content_dir: &Path) {
         .status()
         .expect("mkfs.ext4: apt-get install e2fsprogs");
     assert!(status.success(), "mkfs.ext4 {}", image.display());
+}
+
+/// A VM that boots the agent initramfs (1 vCPU, 256 MiB) with `devices`
+/// and `hotplug_slots` free slots, its console in `console`.
+pub fn agent_vm_config(console: &Path, devices: Vec<DeviceConfig>, hotplug_slots: u8) -> VmConfig {
+    VmConfig {
+        kernel: kernel(),
+        initrd: Some(guest_artifact("initramfs.cpio")),
+        cmdline: default_cmdline(host_has_hardware_virt()),
+        vcpus: 1,
+        memory_mib: 256,
+        console: ConsoleConfig::File(console.to_path_buf()),
+        devices,
+        hotplug_slots,
+    }
+}
+
+/// A client of the agent in `vmm`'s guest. The agent listens once the
+/// guest has booted; until then connects are refused (RST) or time out.
+/// Panics, with the guest console, if the VM ends or 15 minutes pass.
+pub fn connect_agent(vmm: &VmmHandle, console: &Path) -> AgentServiceClient {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let stream = loop {
+        match vmm.vsock_connect(DEFAULT_VSOCK_PORT) {
+            Ok(stream) => break stream,
+            Err(e) => {
+                let console = std::fs::read_to_string(console).unwrap_or_default();
+                assert!(
+                    Instant::now() < deadline && vmm.state().ok() == Some(VmState::Running),
+                    "agent never listened: {e}\nconsole:\n{console}"
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    };
+    AgentServiceClient::new(ttrpc::Client::new(stream.into_raw_fd()).unwrap())
 }

@@ -3,7 +3,6 @@
 //! whose busybox rootfs is shared over virtio-fs, reads its output, execs
 //! into it, removes it and shuts the sandbox down. Prints each step's time.
 
-use std::os::fd::IntoRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,13 +10,9 @@ use serde_json::json;
 use skiff_agent_protocol::agent::*;
 use skiff_agent_protocol::agent_ttrpc::AgentServiceClient;
 use skiff_agent_protocol::ttrpc;
-use skiff_agent_protocol::DEFAULT_VSOCK_PORT;
-use skiff_tests::{guest_artifact, kernel, make_ext4, Scratch, Steps};
-use skiff_vmm::config::{
-    default_cmdline, host_has_hardware_virt, BlockConfig, DeviceConfig, FsCache, FsConfig,
-    NetConfig, VsockConfig,
-};
-use skiff_vmm::{ConsoleConfig, DeviceError, ExitReason, VmConfig, VmState, VmmError, VmmHandle};
+use skiff_tests::{agent_vm_config, connect_agent, make_ext4, Scratch, Steps};
+use skiff_vmm::config::{BlockConfig, DeviceConfig, FsCache, FsConfig, NetConfig, VsockConfig};
+use skiff_vmm::{DeviceError, ExitReason, VmmError, VmmHandle};
 
 const SHARE_TAG: &str = "rootfs";
 const SHARE_IN_GUEST: &str = "/run/skiff/shared";
@@ -127,14 +122,9 @@ fn agent_runs_a_container_from_a_virtio_fs_rootfs() {
 
     let mut steps = Steps::start();
     let vmm = VmmHandle::spawn(Instant::now()).unwrap();
-    vmm.configure(VmConfig {
-        kernel: kernel(),
-        initrd: Some(guest_artifact("initramfs.cpio")),
-        cmdline: default_cmdline(host_has_hardware_virt()),
-        vcpus: 1,
-        memory_mib: 256,
-        console: ConsoleConfig::File(console.clone()),
-        devices: vec![
+    vmm.configure(agent_vm_config(
+        &console,
+        vec![
             DeviceConfig::Vsock(VsockConfig {
                 guest_cid: 3,
                 socket: scratch.join("v.sock"),
@@ -146,29 +136,13 @@ fn agent_runs_a_container_from_a_virtio_fs_rootfs() {
                 cache: FsCache::Auto,
             }),
         ],
-        hotplug_slots: 2,
-    })
+        2,
+    ))
     .unwrap();
     vmm.start().unwrap();
     steps.mark("VM started");
 
-    // The agent listens once the guest has booted; until then connects are
-    // refused (RST) or time out.
-    let deadline = Instant::now() + Duration::from_secs(900);
-    let stream = loop {
-        match vmm.vsock_connect(DEFAULT_VSOCK_PORT) {
-            Ok(stream) => break stream,
-            Err(e) => {
-                let console = std::fs::read_to_string(&console).unwrap_or_default();
-                assert!(
-                    Instant::now() < deadline && vmm.state().ok() == Some(VmState::Running),
-                    "agent never listened: {e}\nconsole:\n{console}"
-                );
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        }
-    };
-    let client = AgentServiceClient::new(ttrpc::Client::new(stream.into_raw_fd()).unwrap());
+    let client = connect_agent(&vmm, &console);
     client.check(ctx(), &CheckRequest::new()).unwrap();
     steps.mark("agent ready (vsock connected)");
 
