@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use skiff_devices::virtio::block::{DiskFile, RequestQueue};
+use skiff_devices::virtio::Interrupt;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -71,7 +72,15 @@ fn main() {
     }
     let mut queue: Queue = mock.create_queue().unwrap();
     queue.try_set_used_ring_address(GuestAddress(used)).unwrap();
-    let mut requests = RequestQueue::new(queue, mem.clone(), Arc::new(disk), F_VERSION_1);
+    let interrupt =
+        Interrupt::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap());
+    let mut requests = RequestQueue::new(
+        queue,
+        mem.clone(),
+        Arc::new(disk),
+        F_VERSION_1,
+        Arc::new(interrupt),
+    );
 
     let sectors = DISK_SIZE / 512;
     let (mut avail_idx, mut done, mut sector) = (0u16, 0u64, 0u64);

@@ -320,6 +320,7 @@ fn create_fs(config: &FsConfig) -> Result<Box<dyn VirtioDevice>, DeviceError> {
             FsCache::Auto => CacheMode::Auto,
             FsCache::Always => CacheMode::Always,
         },
+        limits: Default::default(),
     };
     let device = Fs::new(share).map_err(|e| DeviceError::Create {
         device: format!("--fs tag={},path={}", config.tag, config.path.display()),

@@ -139,7 +139,14 @@ impl MmioTransport {
             reg::QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
             reg::QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
-            reg::STATUS => u32::from(self.status),
+            reg::STATUS => {
+                let broken = if self.interrupt.needs_reset() {
+                    status::DEVICE_NEEDS_RESET
+                } else {
+                    0
+                };
+                u32::from(self.status | broken)
+            }
             reg::CONFIG_GENERATION => self.config_generation,
             _ => 0,
         }
@@ -230,7 +237,8 @@ impl MmioTransport {
     fn activate(&mut self) {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (queue, evt) in self.queues.iter().zip(&self.queue_evts) {
-            let usable = queue.ready() && queue.is_valid(&self.mem);
+            let usable =
+                queue.ready() && queue.is_valid(&self.mem) && !super::queue::rings_overlap(queue);
             let cloned = Queue::try_from(queue.state()).ok().filter(|_| usable);
             let notify = evt.try_clone();
             match (cloned, notify) {
@@ -267,8 +275,10 @@ impl MmioTransport {
 
     /// Tells the driver the device is broken until it resets it.
     fn fail(&mut self) {
-        self.status |= status::DEVICE_NEEDS_RESET;
-        self.interrupt.signal_config();
+        self.interrupt.fail(&format_args!(
+            "device type {} could not start",
+            self.device.device_type()
+        ));
     }
 
     fn reset(&mut self) {
@@ -527,6 +537,40 @@ mod tests {
         let (mut t, _) = transport(true);
         bring_up(&mut t, 0);
         assert_ne!(r(&mut t, reg::STATUS) as u8 & status::DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn ready_queues_whose_rings_overlap_are_refused() {
+        // QUEUE_READY with no address written: every ring at guest address
+        // 0, where the device's replies would rewrite the avail ring.
+        let (mut t, log) = transport(false);
+        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+        w(&mut t, reg::STATUS, u32::from(s));
+        for q in 0..2 {
+            w(&mut t, reg::QUEUE_SEL, q);
+            w(&mut t, reg::QUEUE_NUM, 16);
+            w(&mut t, reg::QUEUE_READY, 1);
+        }
+        w(&mut t, reg::STATUS, u32::from(s | status::DRIVER_OK));
+        assert!(log.lock().unwrap().activations.is_empty());
+        assert_ne!(r(&mut t, reg::STATUS) as u8 & status::DEVICE_NEEDS_RESET, 0);
+        // A reset clears it and a proper bring-up works.
+        w(&mut t, reg::STATUS, 0);
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+        bring_up(&mut t, 0);
+        assert_eq!(log.lock().unwrap().activations.len(), 1);
+    }
+
+    #[test]
+    fn a_worker_failure_shows_in_the_status_register_until_reset() {
+        let (mut t, _) = transport(false);
+        bring_up(&mut t, 0);
+        assert_eq!(r(&mut t, reg::STATUS) as u8 & status::DEVICE_NEEDS_RESET, 0);
+        t.interrupt().fail(&"test");
+        assert_ne!(r(&mut t, reg::STATUS) as u8 & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), super::super::INT_CONFIG);
+        w(&mut t, reg::STATUS, 0);
+        assert_eq!(r(&mut t, reg::STATUS), 0);
     }
 
     #[test]

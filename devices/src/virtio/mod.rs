@@ -11,10 +11,13 @@ pub mod block;
 pub mod fs;
 mod mmio;
 pub mod net;
+pub mod queue;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 pub mod vsock;
 pub mod worker;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -47,10 +50,13 @@ pub const INT_USED_RING: u32 = 1;
 pub const INT_CONFIG: u32 = 2;
 
 /// Raises the device's interrupt: sets the cause in the status register
-/// the driver reads, then writes the irqfd.
+/// the driver reads, then writes the irqfd. Shared by the transport and the
+/// device's worker, it also carries the worker's "I am broken" to the
+/// transport's status register.
 pub struct Interrupt {
     status: AtomicU32,
     irqfd: EventFd,
+    needs_reset: AtomicBool,
 }
 
 impl Interrupt {
@@ -58,7 +64,24 @@ impl Interrupt {
         Self {
             status: AtomicU32::new(0),
             irqfd,
+            needs_reset: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the device DEVICE_NEEDS_RESET and tells the driver (a config
+    /// change interrupt, virtio 1.2, 2.1.2). Devices call this, with the
+    /// reason logged once, when the driver broke a queue; the flag stays
+    /// until the driver resets the device.
+    pub fn fail(&self, reason: &dyn std::fmt::Display) {
+        if !self.needs_reset.swap(true, Ordering::SeqCst) {
+            tracing::warn!("virtio device needs a reset: {reason}");
+            self.signal_config();
+        }
+    }
+
+    /// Whether [`fail`](Self::fail) was called since the last reset.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
     }
 
     /// The eventfd to register as an irqfd with KVM.
@@ -93,6 +116,7 @@ impl Interrupt {
 
     pub(crate) fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 }
 

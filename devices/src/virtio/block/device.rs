@@ -116,7 +116,13 @@ impl VirtioDevice for Block {
         let (Some(active), 1) = (queues.pop(), got) else {
             return Err(ActivateError::QueueCount { got, want: 1 });
         };
-        let requests = RequestQueue::new(active.queue, mem, self.disk.clone(), features);
+        let requests = RequestQueue::new(
+            active.queue,
+            mem,
+            self.disk.clone(),
+            features,
+            interrupt.clone(),
+        );
         let work = BlockWorker {
             requests,
             notify: active.notify,

@@ -8,12 +8,13 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap};
 
 use super::disk::{DiskFile, DIRECT_ALIGN};
 use super::request::{gather, scatter, to_iovecs, Buffers, Header, RequestError, HEADER_LEN};
 use super::{ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SECTOR_SIZE};
+use crate::virtio::{queue, Interrupt};
 
 pub(crate) const S_OK: u8 = VIRTIO_BLK_S_OK as u8;
 pub(crate) const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
@@ -32,6 +33,17 @@ struct Bounce([u8; BOUNCE_LEN]);
 /// image, writes their status and puts them on the used ring.
 pub struct RequestQueue {
     queue: Queue,
+    /// The guest memory the queue lives in (the executor holds its own
+    /// handle to it, so both can be borrowed at once).
+    mem: GuestMemoryMmap,
+    /// Fails the device when the driver breaks the queue.
+    interrupt: Arc<Interrupt>,
+    exec: Executor,
+}
+
+/// Executes one request at a time; apart from the queue so that it can
+/// run while the queue is borrowed for popping.
+struct Executor {
     mem: GuestMemoryMmap,
     disk: Arc<DiskFile>,
     /// Feature bits the driver accepted.
@@ -52,53 +64,51 @@ unsafe impl Send for IoVecs {}
 impl RequestQueue {
     /// `features` are the negotiated ones (they gate discard and
     /// write-zeroes).
-    pub fn new(queue: Queue, mem: GuestMemoryMmap, disk: Arc<DiskFile>, features: u64) -> Self {
+    pub fn new(
+        queue: Queue,
+        mem: GuestMemoryMmap,
+        disk: Arc<DiskFile>,
+        features: u64,
+        interrupt: Arc<Interrupt>,
+    ) -> Self {
         Self {
             queue,
-            mem,
-            disk,
-            features,
-            buffers: Buffers::default(),
-            iovecs: IoVecs(Vec::with_capacity(super::MAX_CHAIN_BUFFERS)),
-            bounce: None,
+            interrupt,
+            mem: mem.clone(),
+            exec: Executor {
+                mem,
+                disk,
+                features,
+                buffers: Buffers::default(),
+                iovecs: IoVecs(Vec::with_capacity(super::MAX_CHAIN_BUFFERS)),
+                bounce: None,
+            },
         }
+    }
+
+    /// The interrupt through which the queue fails the device.
+    pub fn interrupt(&self) -> &Interrupt {
+        &self.interrupt
     }
 
     /// Serves every request the driver has made available. Returns whether
     /// the driver wants an interrupt for the completions.
     pub fn process(&mut self) -> bool {
-        let mut completed = false;
-        loop {
-            if let Err(e) = self.queue.disable_notification(&self.mem) {
-                tracing::warn!("virtio-blk: cannot disable notifications: {e}");
-            }
-            while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
-                let head = chain.head_index();
-                let used = match self.buffers.load(&self.mem, chain) {
-                    Some(status) => self.complete(status),
-                    None => {
-                        tracing::debug!("virtio-blk: chain {head} has no status byte, dropped");
-                        0
-                    }
-                };
-                if let Err(e) = self.queue.add_used(&self.mem, head, used) {
-                    tracing::warn!("virtio-blk: cannot return chain {head}: {e}");
-                }
-                completed = true;
-            }
-            // Re-enabling may reveal requests that raced with the check.
-            match self.queue.enable_notification(&self.mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    tracing::warn!("virtio-blk: cannot enable notifications: {e}");
-                    break;
+        let exec = &mut self.exec;
+        queue::drain(&mut self.queue, &self.mem, &self.interrupt, |chain| {
+            let head = chain.head_index();
+            match exec.buffers.load(&exec.mem, chain) {
+                Some(status) => exec.complete(status),
+                None => {
+                    tracing::debug!("virtio-blk: chain {head} has no status byte, dropped");
+                    0
                 }
             }
-        }
-        completed && self.queue.needs_notification(&self.mem).unwrap_or(true)
+        })
     }
+}
 
+impl Executor {
     /// Executes the loaded request and writes its status; returns the
     /// bytes written to the chain (data plus status), 0 if even the status
     /// could not be written.

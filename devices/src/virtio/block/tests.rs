@@ -97,7 +97,15 @@ impl<'a> Driver<'a> {
         let (queue, used_addr) = queue_for(&mock, QSIZE);
         Self {
             mem,
-            queue: RequestQueue::new(queue, mem.clone(), Arc::new(disk), features),
+            queue: RequestQueue::new(
+                queue,
+                mem.clone(),
+                Arc::new(disk),
+                features,
+                Arc::new(crate::virtio::Interrupt::new(
+                    vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                )),
+            ),
             mock,
             used_addr,
             next_desc: 0,
@@ -855,4 +863,26 @@ fn buffers_may_cross_memory_regions() {
     assert_eq!(d.status(), S_OK);
     assert_eq!(file_bytes(&file, 5120, 1024), vec![0x42; 1024]);
     d.still_serves(&file);
+}
+
+#[test]
+fn a_broken_avail_index_fails_the_device_instead_of_spinning() {
+    let file = image();
+    let mem = memory();
+    let d = Driver::new(&mem, file.as_path(), false, false);
+    let avail = d.mock.avail_addr().0;
+    // virtio-queue pops nothing for this index while enable_notification
+    // keeps saying "more": the old loop never returned.
+    mem.write_obj(QSIZE + 1, GuestAddress(avail + 2)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut queue = d.queue;
+    std::thread::spawn(move || {
+        let notify = queue.process();
+        let _ = tx.send((notify, queue.interrupt().needs_reset()));
+    });
+    let (notify, needs_reset) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the queue was served in a loop that never ends");
+    assert!(!notify);
+    assert!(needs_reset);
 }

@@ -25,7 +25,7 @@ use vmm_sys_util::epoll::EventSet;
 use super::chain::{self, Buffer, ChainError};
 use super::{NetBackend, NetStats, MAX_FRAME_LEN, NET_HDR_LEN};
 use crate::virtio::worker::{Poller, WorkerLoop};
-use crate::virtio::{ActiveQueue, Interrupt};
+use crate::virtio::{queue, ActiveQueue, Interrupt};
 
 const TOKEN_RX_QUEUE: u64 = 0;
 const TOKEN_TX_QUEUE: u64 = 1;
@@ -104,51 +104,53 @@ impl NetWorker {
     /// Sends every frame the guest posted on TX, then interrupts it if it
     /// asked to be.
     pub fn process_tx(&mut self) {
-        let mut used_any = false;
-        loop {
-            let _ = self.tx.queue.disable_notification(&self.mem);
-            let mut popped = false;
-            while let Some(chain) = self.tx.queue.pop_descriptor_chain(&self.mem) {
-                popped = true;
-                let head = chain.head_index();
-                let max = (NET_HDR_LEN + MAX_FRAME_LEN) as u64;
-                match chain::collect(&self.mem, chain, false, max, &mut self.bufs) {
-                    Ok(len) if len < NET_HDR_LEN as u64 => {
-                        self.bad_tx_chain(head, ChainError::TooShort(len))
-                    }
-                    Ok(len) => self.send_frame(head, len as usize),
-                    Err(e) => self.bad_tx_chain(head, e),
+        let max = (NET_HDR_LEN + MAX_FRAME_LEN) as u64;
+        let mut tx = Tx {
+            mem: &self.mem,
+            stats: &self.stats,
+            backend: &*self.backend,
+            bufs: &mut self.bufs,
+            buf: &mut self.tx_buf,
+        };
+        let notify = queue::drain(&mut self.tx.queue, &self.mem, &self.interrupt, |chain| {
+            let head = chain.head_index();
+            match chain::collect(tx.mem, chain, false, max, tx.bufs) {
+                Ok(len) if len < NET_HDR_LEN as u64 => {
+                    tx.bad_chain(head, ChainError::TooShort(len))
                 }
-                if let Err(e) = self.tx.queue.add_used(&self.mem, head, 0) {
-                    tracing::warn!("virtio-net: TX used ring: {e}");
-                }
-                used_any = true;
+                Ok(len) => tx.send_frame(head, len as usize),
+                Err(e) => tx.bad_chain(head, e),
             }
-            // Re-enable notifications and look again, so a frame posted
-            // meanwhile is not left waiting. A guest whose avail index is
-            // nonsense pops nothing: stop rather than spin.
-            match self.tx.queue.enable_notification(&self.mem) {
-                Ok(true) if popped => continue,
-                _ => break,
-            }
-        }
-        if used_any && self.tx.queue.needs_notification(&self.mem).unwrap_or(true) {
+            0
+        });
+        if notify {
             self.interrupt.signal_used();
         }
     }
+}
 
+/// What sending one TX frame needs, borrowed apart from the TX queue.
+struct Tx<'a> {
+    mem: &'a GuestMemoryMmap,
+    stats: &'a NetStats,
+    backend: &'a dyn NetBackend,
+    bufs: &'a mut Vec<Buffer>,
+    buf: &'a mut [u8],
+}
+
+impl Tx<'_> {
     /// Sends the frame in the checked chain `self.bufs`, `len` bytes with
     /// its header, at least the header's length and at most the buffer's.
     fn send_frame(&mut self, head: u16, len: usize) {
-        let Some(dst) = self.tx_buf.get_mut(..len) else {
-            return self.bad_tx_chain(head, ChainError::TooLong(len as u64));
+        let Some(dst) = self.buf.get_mut(..len) else {
+            return self.bad_chain(head, ChainError::TooLong(len as u64));
         };
-        if let Err(e) = chain::gather(&self.mem, &self.bufs, dst) {
+        if let Err(e) = chain::gather(self.mem, self.bufs, dst) {
             tracing::debug!("virtio-net: TX chain {head} unreadable: {e}");
             NetStats::add(&self.stats.tx_bad_chains, 1);
             return;
         }
-        let frame = self.tx_buf.get(NET_HDR_LEN..len).unwrap_or_default();
+        let frame = self.buf.get(NET_HDR_LEN..len).unwrap_or_default();
         match self.backend.send(frame) {
             Ok(()) => {
                 NetStats::add(&self.stats.tx_frames, 1);
@@ -161,11 +163,13 @@ impl NetWorker {
         }
     }
 
-    fn bad_tx_chain(&self, head: u16, e: ChainError) {
+    fn bad_chain(&self, head: u16, e: ChainError) {
         tracing::debug!("virtio-net: TX chain {head} refused: {e}");
         NetStats::add(&self.stats.tx_bad_chains, 1);
     }
+}
 
+impl NetWorker {
     /// Delivers frames from the backend until it has none, RX chains run
     /// out, or a batch is done.
     pub fn process_rx(&mut self) {
@@ -223,7 +227,17 @@ impl NetWorker {
         let total = NET_HDR_LEN + len;
         let mut rechecked = false;
         loop {
-            let Some(chain) = self.rx.queue.pop_descriptor_chain(mem) else {
+            if self.interrupt.needs_reset() {
+                return Delivery::NoBuffers;
+            }
+            let popped = match queue::pop(&mut self.rx.queue, mem) {
+                Ok(popped) => popped,
+                Err(e) => {
+                    self.interrupt.fail(&e);
+                    return Delivery::NoBuffers;
+                }
+            };
+            let Some(chain) = popped else {
                 // Ask for a notification, then look once more in case the
                 // guest posted buffers before it could see the request.
                 if !rechecked && matches!(self.rx.queue.enable_notification(mem), Ok(true)) {

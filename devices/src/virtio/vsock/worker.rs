@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::muxer::Muxer;
 use super::packet::{parse_tx, Header, HEADER_SIZE, MAX_PKT_DATA};
 use crate::virtio::worker::{Poller, WorkerLoop};
-use crate::virtio::{ActivateError, Activation, Interrupt};
+use crate::virtio::{queue, ActivateError, Activation, Interrupt};
 
 const TOKEN_RX: u64 = 0;
 const TOKEN_TX: u64 = 1;
@@ -58,30 +58,16 @@ impl VsockWorker {
 
     /// Handles every packet the guest has put on the TX queue.
     pub fn process_tx(&mut self) {
-        let mut used = false;
-        loop {
-            let mut popped = false;
-            while let Some(mut chain) = self.tx.pop_descriptor_chain(&self.mem) {
-                popped = true;
-                let head = chain.head_index();
-                match parse_tx(&self.mem, &mut chain) {
-                    Ok(pkt) => self.muxer.guest_packet(&Header::of(&pkt), pkt.data_slice()),
-                    Err(e) => tracing::debug!("vsock: TX packet dropped: {e}"),
-                }
-                if let Err(e) = self.tx.add_used(&self.mem, head, 0) {
-                    tracing::warn!("vsock: TX used ring: {e}");
-                }
-                used = true;
+        let (mem, muxer) = (&self.mem, &mut self.muxer);
+        let notify = queue::drain(&mut self.tx, mem, &self.interrupt, |mut chain| {
+            match parse_tx(mem, &mut chain) {
+                Ok(pkt) => muxer.guest_packet(&Header::of(&pkt), pkt.data_slice()),
+                Err(e) => tracing::debug!("vsock: TX packet dropped: {e}"),
             }
-            // Stop unless the guest added more meanwhile; a queue that says
-            // it has more but yields nothing is broken, not busy.
-            match self.tx.enable_notification(&self.mem) {
-                Ok(true) if popped => {}
-                _ => break,
-            }
-        }
-        if used {
-            self.signal(|w| &mut w.tx);
+            0
+        });
+        if notify {
+            self.interrupt.signal_used();
         }
     }
 
@@ -89,8 +75,15 @@ impl VsockWorker {
     pub fn process_rx(&mut self) {
         let mut used = false;
         let mut rechecked = false;
-        while self.muxer.has_rx() {
-            let Some(mut chain) = self.rx.pop_descriptor_chain(&self.mem) else {
+        while self.muxer.has_rx() && !self.interrupt.needs_reset() {
+            let popped = match queue::pop(&mut self.rx, &self.mem) {
+                Ok(popped) => popped,
+                Err(e) => {
+                    self.interrupt.fail(&e);
+                    break;
+                }
+            };
+            let Some(mut chain) = popped else {
                 // Out of buffers: ask for a kick when the guest adds some.
                 match self.rx.enable_notification(&self.mem) {
                     Ok(true) if !rechecked => {
@@ -128,21 +121,14 @@ impl VsockWorker {
             }
             used = true;
         }
-        if used {
-            self.signal(|w| &mut w.rx);
+        if used && self.rx.needs_notification(&self.mem).unwrap_or(true) {
+            self.interrupt.signal_used();
         }
     }
 
     /// Handles host-side readiness (listener, connector, streams).
     pub fn process_host(&mut self) {
         self.muxer.process_host_events();
-    }
-
-    fn signal(&mut self, queue: fn(&mut Self) -> &mut Queue) {
-        let mem = self.mem.clone();
-        if queue(self).needs_notification(&mem).unwrap_or(true) {
-            self.interrupt.signal_used();
-        }
     }
 }
 

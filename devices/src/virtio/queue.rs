@@ -1,0 +1,252 @@
+//! Taking descriptor chains from a split queue the guest controls.
+//!
+//! virtio-queue's `pop_descriptor_chain` answers `None` both when the ring
+//! is empty and when the driver's avail index is more than a queue ahead of
+//! the device (nonsense), while `enable_notification` keeps answering "more
+//! to do": a worker that loops on the two spins forever and never sees its
+//! kill eventfd. A chain whose device-writable buffers overlap the rings
+//! lets the device rewrite the avail ring while it replies, so the guest's
+//! work never ends either. [`pop`] tells these cases from an empty queue;
+//! every device answers a [`QueueError`] the same way: it stops serving
+//! that queue and marks itself DEVICE_NEEDS_RESET
+//! ([`Interrupt::fail`](super::Interrupt::fail)) until the driver resets it.
+//!
+//! The transport refuses at activation a queue whose rings overlap each
+//! other ([`rings_overlap`]), which covers a driver that sets QUEUE_READY
+//! without giving any address (all three rings at guest address 0).
+
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::GuestMemory;
+
+use super::Interrupt;
+
+/// Why a queue can no longer be served.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QueueError {
+    #[error("the driver's avail index {avail} is more than the queue size {size} ahead of the device's {next}")]
+    AvailIndex { avail: u16, next: u16, size: u16 },
+    #[error("the avail ring cannot be read")]
+    AvailRing,
+    #[error(
+        "chain {head}: a device-writable buffer at {addr:#x} ({len} bytes) overlaps the {ring}"
+    )]
+    WritableOverlapsRing {
+        head: u16,
+        addr: u64,
+        len: u32,
+        ring: &'static str,
+    },
+}
+
+/// The guest-physical ranges `[start, end)` of a queue's three rings,
+/// named. The avail and used rings include their event-index words.
+fn rings(queue: &Queue) -> [(&'static str, u64, u64); 3] {
+    let size = u64::from(queue.size());
+    let area = |start: u64, len: u64| (start, start.saturating_add(len));
+    let (d0, d1) = area(queue.desc_table(), 16 * size);
+    let (a0, a1) = area(queue.avail_ring(), 6 + 2 * size);
+    let (u0, u1) = area(queue.used_ring(), 6 + 8 * size);
+    [
+        ("descriptor table", d0, d1),
+        ("avail ring", a0, a1),
+        ("used ring", u0, u1),
+    ]
+}
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+/// Whether two of the queue's rings share bytes; such a queue is refused.
+pub fn rings_overlap(queue: &Queue) -> bool {
+    let [d, a, u] = rings(queue);
+    let r = |x: (&str, u64, u64)| (x.1, x.2);
+    overlaps(r(d), r(a)) || overlaps(r(d), r(u)) || overlaps(r(a), r(u))
+}
+
+/// Takes the next chain the driver made available: `Ok(None)` when there
+/// is none, an error when the queue is broken (see the module doc).
+pub fn pop<'m, M: GuestMemory>(
+    queue: &mut Queue,
+    mem: &'m M,
+) -> Result<Option<DescriptorChain<&'m M>>, QueueError> {
+    let avail = queue
+        .avail_idx(mem, Ordering::Acquire)
+        .map_err(|_| QueueError::AvailRing)?
+        .0;
+    let next = queue.next_avail();
+    let size = queue.size();
+    if avail.wrapping_sub(next) > size {
+        return Err(QueueError::AvailIndex { avail, next, size });
+    }
+    let Some(chain) = queue.pop_descriptor_chain(mem) else {
+        return Ok(None);
+    };
+    let ring_areas = rings(queue);
+    for desc in chain.clone().filter(|d| d.is_write_only()) {
+        let buf = (
+            desc.addr().0,
+            desc.addr().0.saturating_add(desc.len().into()),
+        );
+        if let Some(&(ring, ..)) = ring_areas
+            .iter()
+            .find(|&&(_, start, end)| overlaps(buf, (start, end)))
+        {
+            return Err(QueueError::WritableOverlapsRing {
+                head: chain.head_index(),
+                addr: desc.addr().0,
+                len: desc.len(),
+                ring,
+            });
+        }
+    }
+    Ok(Some(chain))
+}
+
+/// Serves every chain the driver has made available: `serve` returns the
+/// bytes it wrote into the chain, which goes on the used ring. Notifications
+/// are re-enabled and the ring looked at again, so a chain added meanwhile
+/// is not left waiting (virtio 1.2, 2.7.10). A broken queue fails the
+/// device and ends the loop; a device that already needs a reset serves
+/// nothing. Returns whether the driver wants an interrupt.
+pub fn drain<M: GuestMemory>(
+    queue: &mut Queue,
+    mem: &M,
+    interrupt: &Interrupt,
+    mut serve: impl FnMut(DescriptorChain<&M>) -> u32,
+) -> bool {
+    let mut used_any = false;
+    while !interrupt.needs_reset() {
+        if let Err(e) = queue.disable_notification(mem) {
+            interrupt.fail(&format_args!("cannot disable notifications: {e}"));
+            break;
+        }
+        loop {
+            match pop(queue, mem) {
+                Ok(Some(chain)) => {
+                    let head = chain.head_index();
+                    let len = serve(chain);
+                    if let Err(e) = queue.add_used(mem, head, len) {
+                        interrupt.fail(&format_args!("cannot return chain {head}: {e}"));
+                        break;
+                    }
+                    used_any = true;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    interrupt.fail(&e);
+                    break;
+                }
+            }
+        }
+        match queue.enable_notification(mem) {
+            // `pop` has ruled out a nonsense index, so "more" is real work.
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(e) => {
+                interrupt.fail(&format_args!("cannot enable notifications: {e}"));
+                break;
+            }
+        }
+    }
+    used_any && queue.needs_notification(mem).unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::split::Descriptor;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    const SIZE: u16 = 8;
+    const DESC: u64 = 0x1000;
+    const AVAIL: u64 = 0x2000;
+    const USED: u64 = 0x3000;
+
+    fn setup() -> (GuestMemoryMmap, Queue) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut q = Queue::new(SIZE).unwrap();
+        q.set_desc_table_address(Some(DESC as u32), Some(0));
+        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_ready(true);
+        (mem, q)
+    }
+
+    /// Offers one chain of one buffer at `addr` (device-writable if `write`).
+    fn offer(mem: &GuestMemoryMmap, slot: u16, addr: u64, write: bool) {
+        let flags = if write { 2 } else { 0 };
+        let d = Descriptor::new(addr, 64, flags, 0);
+        mem.write_obj(d, GuestAddress(DESC + 16 * u64::from(slot)))
+            .unwrap();
+        mem.write_obj(slot, GuestAddress(AVAIL + 4 + 2 * u64::from(slot)))
+            .unwrap();
+        mem.write_obj(slot + 1, GuestAddress(AVAIL + 2)).unwrap();
+    }
+
+    #[test]
+    fn an_empty_queue_pops_nothing_and_a_chain_pops() {
+        let (mem, mut q) = setup();
+        assert!(pop(&mut q, &mem).unwrap().is_none());
+        offer(&mem, 0, 0x8000, true);
+        assert_eq!(pop(&mut q, &mem).unwrap().unwrap().head_index(), 0);
+        assert!(pop(&mut q, &mem).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_avail_index_beyond_the_queue_size_is_an_error_not_an_empty_queue() {
+        let (mem, mut q) = setup();
+        // virtio-queue alone pops nothing here and enable_notification says
+        // there is more: the loop that spun.
+        mem.write_obj(SIZE + 1, GuestAddress(AVAIL + 2)).unwrap();
+        assert!(q.pop_descriptor_chain(&mem).is_none());
+        assert!(q.enable_notification(&mem).unwrap());
+        assert_eq!(
+            pop(&mut q, &mem).unwrap_err(),
+            QueueError::AvailIndex {
+                avail: SIZE + 1,
+                next: 0,
+                size: SIZE
+            }
+        );
+        // Exactly one full ring ahead is legal.
+        mem.write_obj(SIZE, GuestAddress(AVAIL + 2)).unwrap();
+        assert!(pop(&mut q, &mem).is_ok());
+    }
+
+    #[test]
+    fn a_writable_buffer_over_a_ring_is_refused_a_readable_one_is_not() {
+        for (addr, ring) in [
+            (AVAIL, "avail ring"),
+            (USED + 8, "used ring"),
+            (DESC - 32, "descriptor table"),
+        ] {
+            let (mem, mut q) = setup();
+            offer(&mem, 0, addr, true);
+            let err = pop(&mut q, &mem).unwrap_err();
+            assert!(
+                matches!(err, QueueError::WritableOverlapsRing { ring: r, .. } if r == ring),
+                "{err}"
+            );
+        }
+        let (mem, mut q) = setup();
+        offer(&mem, 0, AVAIL, false);
+        assert!(pop(&mut q, &mem).unwrap().is_some());
+    }
+
+    #[test]
+    fn rings_at_one_address_overlap() {
+        let (_, q) = setup();
+        assert!(!rings_overlap(&q));
+        let mut q = Queue::new(SIZE).unwrap();
+        q.set_ready(true);
+        // No address given: every ring at 0.
+        assert!(rings_overlap(&q));
+        q.set_desc_table_address(Some(DESC as u32), Some(0));
+        q.set_avail_ring_address(Some((DESC + 16 * 8 - 2) as u32), Some(0));
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        assert!(rings_overlap(&q));
+    }
+}
