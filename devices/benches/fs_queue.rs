@@ -14,6 +14,7 @@ use fuse_backend_rs::abi::fuse_abi::{
     EntryOut, InHeader, InitIn, InitOut, Opcode, OpenIn, OpenOut, OutHeader, ReadIn,
 };
 use skiff_devices::virtio::fs::{CacheMode, FsShare, FuseServer};
+use skiff_devices::virtio::Interrupt;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
@@ -38,6 +39,7 @@ struct Ring {
     next_desc: u16,
     heap: u64,
     unique: u64,
+    interrupt: Interrupt,
 }
 
 impl Ring {
@@ -56,6 +58,9 @@ impl Ring {
             next_desc: 0,
             heap: HEAP,
             unique: 0,
+            interrupt: Interrupt::new(
+                vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            ),
         }
     }
 
@@ -122,7 +127,7 @@ impl Ring {
             (reply, (OUT + size_of::<T>()) as u32, true),
         ]);
         self.offer(head);
-        server.process_queue(&self.mem, &mut self.queue);
+        server.process_queue(&self.mem, &mut self.queue, &self.interrupt);
         let out: OutHeader = self.mem.read_obj(GuestAddress(reply)).unwrap();
         assert_eq!(out.error, 0, "{op:?} failed");
         self.mem.read_obj(GuestAddress(reply + OUT as u64)).unwrap()
@@ -144,6 +149,7 @@ fn main() {
         path: dir.as_path().to_path_buf(),
         read_only: false,
         cache: CacheMode::Auto,
+        limits: Default::default(),
     };
     let server = FuseServer::new(&share).unwrap();
     let mut ring = Ring::new();
@@ -192,7 +198,7 @@ fn main() {
         for &head in &heads[..count] {
             ring.offer(head);
         }
-        server.process_queue(&ring.mem, &mut ring.queue);
+        server.process_queue(&ring.mem, &mut ring.queue, &ring.interrupt);
         done += count as u64;
     }
     let elapsed = start.elapsed();

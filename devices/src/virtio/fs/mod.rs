@@ -51,6 +51,38 @@ pub struct FsShare {
     /// Refuse every modification with EROFS.
     pub read_only: bool,
     pub cache: CacheMode,
+    pub limits: FsLimits,
+}
+
+/// How many host resources one share's guest may hold at once. Each inode
+/// the guest has looked up pins an `O_PATH` fd and each open handle an fd,
+/// so without a bound a guest exhausts the process's fds and breaks every
+/// other device and the shim's own sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsLimits {
+    /// Inodes the guest may have looked up and not forgotten.
+    pub max_inodes: usize,
+    /// Files and directories the guest may hold open.
+    pub max_handles: usize,
+}
+
+impl FsLimits {
+    /// The most fds a share with these limits holds (the root included).
+    pub fn max_fds(&self) -> usize {
+        self.max_inodes + self.max_handles + 1
+    }
+}
+
+impl Default for FsLimits {
+    /// Enough for a container that walks a large rootfs (the guest kernel
+    /// forgets inodes under memory pressure) while staying far below the
+    /// fd limit the shim raises itself to.
+    fn default() -> Self {
+        Self {
+            max_inodes: 16_384,
+            max_handles: 4_096,
+        }
+    }
 }
 
 /// Errors creating a virtio-fs device or its file system.

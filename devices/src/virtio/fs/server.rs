@@ -15,10 +15,11 @@ use std::mem::size_of;
 use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader};
 use fuse_backend_rs::api::server::{Server, MAX_BUFFER_SIZE};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::{FsError, FsShare, ShareFs};
+use crate::virtio::{queue, Interrupt};
 
 /// The largest request or reply a FUSE driver sends: the biggest data
 /// payload plus a page for headers.
@@ -42,32 +43,15 @@ impl FuseServer {
     }
 
     /// Serves every request available on `queue` and returns whether the
-    /// driver should be interrupted.
-    pub fn process_queue(&self, mem: &GuestMemoryMmap, queue: &mut Queue) -> bool {
-        let mut used_any = false;
-        loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                tracing::warn!("virtio-fs: queue unusable: {e:?}");
-                break;
-            }
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                let len = self.serve(mem, chain);
-                if let Err(e) = queue.add_used(mem, head, len) {
-                    tracing::warn!("virtio-fs: cannot return descriptor {head}: {e:?}");
-                }
-                used_any = true;
-            }
-            match queue.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    tracing::warn!("virtio-fs: queue unusable: {e:?}");
-                    break;
-                }
-            }
-        }
-        used_any && queue.needs_notification(mem).unwrap_or(true)
+    /// driver should be interrupted; a broken queue fails the device
+    /// through `interrupt`.
+    pub fn process_queue(
+        &self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+        interrupt: &Interrupt,
+    ) -> bool {
+        queue::drain(queue, mem, interrupt, |chain| self.serve(mem, chain))
     }
 
     /// Serves one request; returns the bytes written to the chain.
@@ -141,6 +125,13 @@ fn written_header_len(mem: &GuestMemoryMmap, chain: &Chain<'_>, header: &InHeade
 /// Checks what the server would otherwise trust; `Err` carries the errno
 /// to answer with.
 fn check_request(header: &InHeader, readable: usize, writable: usize) -> Result<(), i32> {
+    // Numbers that name no opcode never reach the library.
+    if matches!(
+        Opcode::from(header.opcode),
+        Opcode::MaxOpcode | Opcode::CuseInitBswapReserved | Opcode::InitBswapReserved
+    ) {
+        return Err(libc::ENOSYS);
+    }
     let len = header.len as usize;
     if len < IN_HEADER_SIZE || len > readable || len > MAX_MESSAGE_SIZE {
         return Err(libc::EINVAL);
@@ -175,7 +166,7 @@ fn reply_error(mut writer: VirtioFsWriter<'_>, header: &InHeader, errno: i32) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::fs::testing::{memory, share, Buf, Driver};
+    use crate::virtio::fs::testing::{memory, share, Buf, Driver, QSIZE};
     use fuse_backend_rs::abi::fuse_abi::{
         AttrOut, EntryOut, ForgetIn, GetattrIn, InitOut, OpenIn, OpenOut, ReadIn,
     };
@@ -192,6 +183,11 @@ mod tests {
         server: FuseServer,
         driver: Driver,
         queue: Queue,
+        interrupt: Interrupt,
+    }
+
+    fn interrupt() -> Interrupt {
+        Interrupt::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap())
     }
 
     /// A share holding hello.txt, mounted (FUSE_INIT answered).
@@ -202,7 +198,8 @@ mod tests {
         let mut driver = Driver::new(&memory(), 0, 0x10_0000);
         let mut queue = driver.queue();
         let reply = driver.init_request();
-        server.process_queue(&driver.mem, &mut queue);
+        let interrupt = interrupt();
+        server.process_queue(&driver.mem, &mut queue, &interrupt);
         let init_len = (OUT_HEADER_SIZE + size_of::<InitOut>()) as u32;
         assert_eq!(driver.take_used(), vec![(0, init_len)]);
         let out = driver.out_header(reply);
@@ -213,13 +210,15 @@ mod tests {
             server,
             driver,
             queue,
+            interrupt,
         }
     }
 
     impl Setup {
         /// Serves what is queued; returns the used lengths.
         fn run(&mut self) -> Vec<u32> {
-            self.server.process_queue(&self.driver.mem, &mut self.queue);
+            self.server
+                .process_queue(&self.driver.mem, &mut self.queue, &self.interrupt);
             self.driver
                 .take_used()
                 .into_iter()
@@ -318,6 +317,178 @@ mod tests {
         assert_eq!(got, HELLO);
     }
 
+    /// Opens hello.txt with `flags`; returns the error or the handle.
+    fn open_hello(s: &mut Setup, flags: u32) -> Result<(u64, u64), i32> {
+        let reply = s
+            .driver
+            .request(Opcode::Lookup as u32, ROOT_ID, b"hello.txt\0", ENTRY_REPLY);
+        s.run();
+        let node = s.driver.reply_body::<EntryOut>(reply).nodeid;
+        let open = OpenIn {
+            flags,
+            fuse_flags: 0,
+        };
+        let len = (OUT_HEADER_SIZE + size_of::<OpenOut>()) as u32;
+        let reply = s
+            .driver
+            .request(Opcode::Open as u32, node, open.as_slice(), len);
+        s.run();
+        match s.error_of(reply) {
+            0 => Ok((node, s.driver.reply_body::<OpenOut>(reply).fh)),
+            e => Err(e),
+        }
+    }
+
+    /// READs `size` bytes of handle `fh` with the request's `flags`.
+    fn read_handle(s: &mut Setup, (node, fh): (u64, u64), flags: u32) -> (i32, Vec<u8>) {
+        let read = ReadIn {
+            fh,
+            size: 64,
+            flags,
+            ..Default::default()
+        };
+        let reply = s.driver.request(
+            Opcode::Read as u32,
+            node,
+            read.as_slice(),
+            64 + OUT_HEADER_SIZE as u32,
+        );
+        let used = s.run()[0] as usize;
+        let mut data = vec![0u8; used.saturating_sub(OUT_HEADER_SIZE)];
+        s.driver
+            .mem
+            .read_slice(&mut data, GuestAddress(reply + OUT_HEADER_SIZE as u64))
+            .unwrap();
+        (s.error_of(reply), data)
+    }
+
+    #[test]
+    fn o_path_opens_are_refused_and_reads_never_close_a_handle() {
+        let mut s = setup();
+        // The attack: an O_PATH handle, then a READ with other flags, made
+        // the library close the handle's fd and serve the next file the
+        // process opened through it.
+        for flags in [
+            libc::O_PATH,
+            libc::O_PATH | libc::O_RDWR,
+            libc::O_TMPFILE | libc::O_RDWR,
+        ] {
+            assert_eq!(
+                open_hello(&mut s, flags as u32),
+                Err(-libc::EINVAL),
+                "{flags:#o}"
+            );
+        }
+        assert_eq!(
+            open_hello(&mut s, libc::O_ACCMODE as u32),
+            Err(-libc::EINVAL)
+        );
+
+        // A READ's own flags never reach the open file.
+        let fh = open_hello(&mut s, libc::O_RDONLY as u32).unwrap();
+        for flags in [
+            libc::O_PATH,
+            libc::O_DIRECT,
+            libc::O_APPEND | libc::O_NONBLOCK,
+            -1,
+        ] {
+            let (err, data) = read_handle(&mut s, fh, flags as u32);
+            assert_eq!((err, data.as_slice()), (0, &HELLO[..]), "{flags:#o}");
+        }
+        let secret = tempfile_with(b"host secret");
+        let (_, data) = read_handle(&mut s, fh, libc::O_PATH as u32);
+        assert_eq!(data, HELLO);
+        drop(secret);
+    }
+
+    fn tempfile_with(data: &[u8]) -> std::fs::File {
+        use std::io::Write as _;
+        let mut f = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+        f.write_all(data).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_broken_avail_index_fails_the_device_instead_of_spinning() {
+        let s = setup();
+        // More chains "available" than the queue holds.
+        s.driver
+            .mem
+            .write_obj(QSIZE + 7 + 1u16, GuestAddress(0x1000 + 2))
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let Setup {
+            server,
+            driver,
+            mut queue,
+            interrupt,
+            _dir,
+        } = s;
+        std::thread::spawn(move || {
+            let notify = server.process_queue(&driver.mem, &mut queue, &interrupt);
+            let _ = tx.send((notify, interrupt.needs_reset()));
+        });
+        let (notify, needs_reset) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the queue was served in a loop that never ends");
+        assert!(!notify);
+        assert!(needs_reset);
+    }
+
+    #[test]
+    fn a_reply_buffer_over_the_avail_ring_fails_the_device() {
+        let mut s = setup();
+        let bytes = s.driver.getattr_root_bytes();
+        let req = s.driver.put(&bytes);
+        let ring = |s: &Setup| {
+            let mut bytes = [0u8; 64];
+            s.driver
+                .mem
+                .read_slice(&mut bytes, GuestAddress(0x1000))
+                .unwrap();
+            bytes
+        };
+        let avail_before = ring(&s);
+        s.driver.push(&[
+            Buf {
+                addr: req,
+                len: bytes.len() as u32,
+                write: false,
+            },
+            Buf {
+                addr: 0x1000,
+                len: ATTR_REPLY,
+                write: true,
+            },
+        ]);
+        let avail_offered = ring(&s);
+        assert_ne!(avail_before, avail_offered);
+        assert!(s.run().is_empty());
+        assert!(s.interrupt.needs_reset());
+        assert_eq!(
+            ring(&s),
+            avail_offered,
+            "the device wrote into the avail ring"
+        );
+        // Nothing is served until the driver resets the device.
+        let bytes = s.driver.getattr_root_bytes();
+        let req = s.driver.put(&bytes);
+        let reply = s.driver.alloc(ATTR_REPLY as usize);
+        s.driver.push(&[
+            Buf {
+                addr: req,
+                len: bytes.len() as u32,
+                write: false,
+            },
+            Buf {
+                addr: reply,
+                len: ATTR_REPLY,
+                write: true,
+            },
+        ]);
+        assert!(s.run().is_empty());
+    }
+
     #[test]
     fn malformed_requests_get_errors_and_serving_goes_on() {
         let mut s = setup();
@@ -383,10 +554,13 @@ mod tests {
         assert_eq!(s.run(), vec![OUT_HEADER_SIZE as u32]);
         assert_eq!(s.error_of(reply), einval);
 
-        // An unknown opcode.
-        let reply = s.driver.request(9999, ROOT_ID, &[], 64);
-        assert_eq!(s.run(), vec![OUT_HEADER_SIZE as u32]);
-        assert_eq!(s.error_of(reply), -libc::ENOSYS);
+        // Unknown opcodes, the unused numbers below the highest one
+        // included (the library transmuted those into its enum).
+        for opcode in [0, 7, 19, 50, 9999, u32::MAX] {
+            let reply = s.driver.request(opcode, ROOT_ID, &[], 64);
+            assert_eq!(s.run(), vec![OUT_HEADER_SIZE as u32], "opcode {opcode}");
+            assert_eq!(s.error_of(reply), -libc::ENOSYS, "opcode {opcode}");
+        }
 
         // Names with a slash, or without their NUL.
         let reply = s.driver.request(

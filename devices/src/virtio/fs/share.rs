@@ -16,9 +16,22 @@
 //! reads below and answers every modifying one with EROFS before the
 //! passthrough sees it. Operations it does not list fall to the trait's
 //! defaults (ENOSYS), so a new modifying operation is refused, not served.
+//!
+//! Open flags: the guest's flags reach the host's `openat` only through an
+//! allow-list ([`open_flags`]); `O_PATH` and `O_TMPFILE` are refused. The
+//! patched passthrough (third_party/fuse-backend-rs/SKIFF-PATCHES.md) never
+//! changes an open file's status flags on READ or WRITE.
+//!
+//! Bounds: every inode the guest has looked up holds a host fd, and so does
+//! every open handle. [`ShareFs`] mirrors the lookup counts and the open
+//! handles and refuses new ones past [`FsLimits`] (ENFILE, EMFILE), so a
+//! guest cannot exhaust the process's fds.
 
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::CreateIn;
@@ -28,7 +41,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
-use super::{CacheMode, FsError, FsShare};
+use super::{CacheMode, FsError, FsLimits, FsShare};
 
 type Inode = u64;
 type Handle = u64;
@@ -37,6 +50,45 @@ type Handle = u64;
 pub struct ShareFs {
     inner: PassthroughFs<()>,
     read_only: bool,
+    tag: String,
+    usage: Usage,
+}
+
+/// What the guest holds of the host, checked against [`FsLimits`].
+struct Usage {
+    limits: FsLimits,
+    /// Lookup count of every inode the guest knows, as the FUSE protocol
+    /// counts them (each entry reply adds one, FORGET takes some away).
+    inodes: Mutex<HashMap<Inode, u64>>,
+    handles: AtomicUsize,
+    /// Requests refused for a bound; logged at powers of two.
+    refused: AtomicU64,
+}
+
+/// Open flags the guest may pass to the host's open(2), the access mode
+/// aside. Everything else (`O_NOFOLLOW`, `O_CLOEXEC`, `FASYNC`, kernel-
+/// internal bits) is dropped; the passthrough adds what it needs.
+const OPEN_FLAGS: i32 = libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_SYNC
+    | libc::O_DSYNC
+    | libc::O_DIRECT
+    | libc::O_LARGEFILE
+    | libc::O_NOATIME
+    | libc::O_TRUNC;
+/// `O_TMPFILE` without the `O_DIRECTORY` bit it includes.
+const O_TMPFILE_BIT: i32 = libc::O_TMPFILE & !libc::O_DIRECTORY;
+
+/// The flags a guest's OPEN, OPENDIR or CREATE may reach the host with:
+/// `O_PATH` (a handle that cannot be read) and `O_TMPFILE` are refused, as
+/// is an access mode that is none of the three; `extra` are the flags the
+/// operation allows beyond [`OPEN_FLAGS`].
+pub(super) fn open_flags(flags: u32, extra: i32) -> io::Result<u32> {
+    let flags = flags as i32;
+    if flags & (libc::O_PATH | O_TMPFILE_BIT) != 0 || flags & libc::O_ACCMODE == libc::O_ACCMODE {
+        return Err(einval());
+    }
+    Ok((flags & (libc::O_ACCMODE | OPEN_FLAGS | extra)) as u32)
 }
 
 fn erofs() -> io::Error {
@@ -104,7 +156,104 @@ impl ShareFs {
         Ok(Self {
             inner,
             read_only: share.read_only,
+            tag: share.tag.clone(),
+            usage: Usage {
+                limits: share.limits,
+                inodes: Mutex::default(),
+                handles: AtomicUsize::new(0),
+                refused: AtomicU64::new(0),
+            },
         })
+    }
+
+    /// Logs a refusal for a bound, at the 1st, 2nd, 4th, 8th... so a guest
+    /// that keeps hitting it cannot flood the log.
+    fn refuse(&self, errno: i32, what: &str, max: usize) -> io::Error {
+        let n = self.usage.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                "virtio-fs share {}: the guest holds {max} {what}, the most allowed; \
+                 refusing more ({n} refused so far)",
+                self.tag
+            );
+        }
+        io::Error::from_raw_os_error(errno)
+    }
+
+    /// Counts a handle about to be opened, or refuses it with EMFILE.
+    fn take_handle(&self) -> io::Result<()> {
+        let max = self.usage.limits.max_handles;
+        self.usage
+            .handles
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map(drop)
+            .map_err(|_| self.refuse(libc::EMFILE, "open files", max))
+    }
+
+    fn put_handle(&self) {
+        let _ = self
+            .usage
+            .handles
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Keeps a handle counted if the open made one, uncounts it otherwise.
+    fn opened<T>(
+        &self,
+        result: io::Result<T>,
+        handle: impl Fn(&T) -> Option<Handle>,
+    ) -> io::Result<T> {
+        match &result {
+            Ok(v) if handle(v).is_some() => {}
+            _ => self.put_handle(),
+        }
+        result
+    }
+
+    /// Counts the lookup the passthrough made for `entry`; a new inode past
+    /// the bound is forgotten again and refused with ENFILE.
+    fn looked_up(&self, ctx: &Context, entry: Entry) -> io::Result<Entry> {
+        if entry.inode == 0 || entry.inode == ROOT_ID {
+            return Ok(entry);
+        }
+        let max = self.usage.limits.max_inodes;
+        {
+            let mut inodes = self.usage.inodes.lock().unwrap_or_else(|e| e.into_inner());
+            let full = inodes.len() >= max;
+            match inodes.get_mut(&entry.inode) {
+                Some(count) => {
+                    *count += 1;
+                    return Ok(entry);
+                }
+                None if !full => {
+                    inodes.insert(entry.inode, 1);
+                    return Ok(entry);
+                }
+                None => {}
+            }
+        }
+        self.inner.forget(ctx, entry.inode, 1);
+        Err(self.refuse(libc::ENFILE, "inodes", max))
+    }
+
+    /// Whether `inode` would be refused as one inode too many.
+    fn inode_refused(&self, inode: Inode) -> bool {
+        let inodes = self.usage.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        inode != ROOT_ID
+            && inodes.len() >= self.usage.limits.max_inodes
+            && !inodes.contains_key(&inode)
+    }
+
+    fn forgotten(&self, inode: Inode, count: u64) {
+        let mut inodes = self.usage.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = inodes.get_mut(&inode) {
+            *held = held.saturating_sub(count);
+            if *held == 0 {
+                inodes.remove(&inode);
+            }
+        }
     }
 
     fn writable(&self) -> io::Result<()> {
@@ -138,7 +287,14 @@ impl FileSystem for ShareFs {
     }
 
     fn destroy(&self) {
-        self.inner.destroy()
+        self.inner.destroy();
+        // The passthrough dropped every inode and handle.
+        self.usage
+            .inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.usage.handles.store(0, Ordering::Release);
     }
 
     fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
@@ -149,14 +305,19 @@ impl FileSystem for ShareFs {
         } else {
             name
         };
-        self.inner.lookup(ctx, parent, name)
+        let entry = self.inner.lookup(ctx, parent, name)?;
+        self.looked_up(ctx, entry)
     }
 
     fn forget(&self, ctx: &Context, inode: Inode, count: u64) {
+        self.forgotten(inode, count);
         self.inner.forget(ctx, inode, count)
     }
 
     fn batch_forget(&self, ctx: &Context, requests: Vec<(Inode, u64)>) {
+        for &(inode, count) in &requests {
+            self.forgotten(inode, count);
+        }
         self.inner.batch_forget(ctx, requests)
     }
 
@@ -195,7 +356,8 @@ impl FileSystem for ShareFs {
         self.writable()?;
         check_new_name(name)?;
         // The target is stored as text; the guest resolves it, not the host.
-        self.inner.symlink(ctx, linkname, parent, name)
+        let entry = self.inner.symlink(ctx, linkname, parent, name)?;
+        self.looked_up(ctx, entry)
     }
 
     fn mknod(
@@ -213,7 +375,8 @@ impl FileSystem for ShareFs {
         if matches!(mode & libc::S_IFMT, libc::S_IFBLK | libc::S_IFCHR) {
             return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
-        self.inner.mknod(ctx, parent, name, mode, rdev, umask)
+        let entry = self.inner.mknod(ctx, parent, name, mode, rdev, umask)?;
+        self.looked_up(ctx, entry)
     }
 
     fn mkdir(
@@ -226,7 +389,8 @@ impl FileSystem for ShareFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_new_name(name)?;
-        self.inner.mkdir(ctx, parent, name, mode, umask)
+        let entry = self.inner.mkdir(ctx, parent, name, mode, umask)?;
+        self.looked_up(ctx, entry)
     }
 
     fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
@@ -266,7 +430,8 @@ impl FileSystem for ShareFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_new_name(newname)?;
-        self.inner.link(ctx, inode, newparent, newname)
+        let entry = self.inner.link(ctx, inode, newparent, newname)?;
+        self.looked_up(ctx, entry)
     }
 
     fn open(
@@ -276,8 +441,11 @@ impl FileSystem for ShareFs {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<Handle>, OpenOptions, Option<u32>)> {
+        let flags = open_flags(flags, 0)?;
         self.check_open_flags(flags)?;
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        self.take_handle()?;
+        let opened = self.inner.open(ctx, inode, flags, fuse_flags);
+        self.opened(opened, |(h, _, _)| *h)
     }
 
     fn create(
@@ -289,7 +457,23 @@ impl FileSystem for ShareFs {
     ) -> io::Result<(Entry, Option<Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
         check_new_name(name)?;
-        self.inner.create(ctx, parent, name, args)
+        let args = CreateIn {
+            flags: open_flags(args.flags, libc::O_CREAT | libc::O_EXCL)?,
+            ..args
+        };
+        self.take_handle()?;
+        let created = self.inner.create(ctx, parent, name, args);
+        let (entry, handle, opts, passthrough) = self.opened(created, |(_, h, _, _)| *h)?;
+        let inode = entry.inode;
+        match self.looked_up(ctx, entry) {
+            Ok(entry) => Ok((entry, handle, opts, passthrough)),
+            Err(e) => {
+                if let Some(h) = handle {
+                    let _ = self.release(ctx, inode, 0, h, false, false, None);
+                }
+                Err(e)
+            }
+        }
     }
 
     fn read(
@@ -375,6 +559,7 @@ impl FileSystem for ShareFs {
     ) -> io::Result<()> {
         self.inner
             .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+            .inspect(|()| self.put_handle())
     }
 
     fn statfs(&self, ctx: &Context, inode: Inode) -> io::Result<libc::statvfs64> {
@@ -422,7 +607,13 @@ impl FileSystem for ShareFs {
         inode: Inode,
         flags: u32,
     ) -> io::Result<(Option<Handle>, OpenOptions)> {
-        self.inner.opendir(ctx, inode, flags)
+        let flags = open_flags(flags, libc::O_DIRECTORY)?;
+        if flags as i32 & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        }
+        self.take_handle()?;
+        let opened = self.inner.opendir(ctx, inode, flags);
+        self.opened(opened, |(h, _)| *h)
     }
 
     fn readdir(
@@ -447,8 +638,29 @@ impl FileSystem for ShareFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        // Each entry is a lookup. Past the inode bound the listing stops
+        // there (0 = "buffer full": the passthrough forgets that entry).
+        let mut counted = |dir_entry: DirEntry, entry: Entry| {
+            if self.inode_refused(entry.inode) {
+                let max = self.usage.limits.max_inodes;
+                drop(self.refuse(libc::ENFILE, "inodes", max));
+                return Ok(0);
+            }
+            let inode = entry.inode;
+            let added = add_entry(dir_entry, entry)?;
+            if added > 0 && inode != 0 && inode != ROOT_ID {
+                *self
+                    .usage
+                    .inodes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(inode)
+                    .or_insert(0) += 1;
+            }
+            Ok(added)
+        };
         self.inner
-            .readdirplus(ctx, inode, handle, size, offset, add_entry)
+            .readdirplus(ctx, inode, handle, size, offset, &mut counted)
     }
 
     fn fsyncdir(
@@ -468,7 +680,9 @@ impl FileSystem for ShareFs {
         flags: u32,
         handle: Handle,
     ) -> io::Result<()> {
-        self.inner.releasedir(ctx, inode, flags, handle)
+        self.inner
+            .releasedir(ctx, inode, flags, handle)
+            .inspect(|()| self.put_handle())
     }
 
     fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {
@@ -656,6 +870,170 @@ mod tests {
         names.sort();
         assert_eq!(names, ["d", "f"]);
         assert_eq!(std::fs::read(dir.as_path().join("f")).unwrap(), b"data");
+    }
+
+    /// A ZeroCopyWriter into a Vec, as the server's reply writer would be.
+    struct Sink(Vec<u8>);
+    impl io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl ZeroCopyWriter for Sink {
+        fn write_from(
+            &mut self,
+            f: &mut dyn FileReadWriteVolatile,
+            count: usize,
+            off: u64,
+        ) -> io::Result<usize> {
+            let mut buf = vec![0u8; count];
+            // SAFETY: `buf` outlives the slice.
+            let slice =
+                unsafe { fuse_backend_rs::file_buf::FileVolatileSlice::from_mut_slice(&mut buf) };
+            let n = f.read_at_volatile(slice, off)?;
+            self.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn available_bytes(&self) -> usize {
+            usize::MAX
+        }
+    }
+
+    #[test]
+    fn the_patched_passthrough_never_closes_a_handles_fd() {
+        // Below ShareFs's flag checks: an O_PATH handle read with other
+        // flags. fuse-backend-rs 0.14 closed the handle's fd here.
+        let dir = TempDir::new().unwrap();
+        std::fs::write(dir.as_path().join("f"), b"share data").unwrap();
+        let fs = mounted(dir.as_path(), false);
+        let c = ctx();
+        let f = lookup(&fs, ROOT_ID, "f").unwrap().inode;
+        let (handle, _, _) = fs
+            .inner
+            .open(&c, f, (libc::O_PATH | libc::O_RDONLY) as u32, 0)
+            .unwrap();
+        let handle = handle.unwrap();
+        for _ in 0..3 {
+            let mut sink = Sink(Vec::new());
+            assert!(fs
+                .inner
+                .read(&c, f, handle, &mut sink, 64, 0, None, libc::O_RDONLY as u32)
+                .is_err());
+        }
+        // A file the process opens now does not become the guest's.
+        let outside = TempDir::new().unwrap();
+        std::fs::write(outside.as_path().join("secret"), b"host secret").unwrap();
+        let _secret = std::fs::File::open(outside.as_path().join("secret")).unwrap();
+        let mut sink = Sink(Vec::new());
+        let read = fs
+            .inner
+            .read(&c, f, handle, &mut sink, 64, 0, None, libc::O_RDONLY as u32);
+        assert!(read.is_err() && sink.0.is_empty(), "read {:?}", sink.0);
+        fs.inner
+            .release(&c, f, 0, handle, false, false, None)
+            .unwrap();
+    }
+
+    #[test]
+    fn open_handles_and_looked_up_inodes_are_bounded() {
+        let dir = TempDir::new().unwrap();
+        for i in 0..6 {
+            std::fs::write(dir.as_path().join(format!("f{i}")), b"x").unwrap();
+        }
+        let mut s = share(dir.as_path(), false);
+        s.limits = FsLimits {
+            max_inodes: 4,
+            max_handles: 2,
+        };
+        let fs = ShareFs::new(&s).unwrap();
+        fs.init(FsOptions::empty()).unwrap();
+        let c = ctx();
+
+        // Inodes: four distinct ones, then ENFILE; again an old one is fine.
+        let inodes: Vec<_> = (0..4)
+            .map(|i| lookup(&fs, ROOT_ID, &format!("f{i}")).unwrap().inode)
+            .collect();
+        assert_eq!(errno(lookup(&fs, ROOT_ID, "f4")), libc::ENFILE);
+        assert_eq!(lookup(&fs, ROOT_ID, "f0").unwrap().inode, inodes[0]);
+        // f0 was looked up twice: one forget keeps it, two free a place.
+        fs.forget(&c, inodes[0], 1);
+        assert_eq!(errno(lookup(&fs, ROOT_ID, "f4")), libc::ENFILE);
+        fs.batch_forget(&c, vec![(inodes[0], 1), (inodes[1], 1)]);
+        let f4 = lookup(&fs, ROOT_ID, "f4").unwrap().inode;
+
+        // Handles: two, then EMFILE; a release frees a place.
+        let open = |inode| fs.open(&c, inode, libc::O_RDONLY as u32, 0);
+        let h1 = open(f4).unwrap().0.unwrap();
+        let h2 = open(inodes[2]).unwrap().0.unwrap();
+        assert_eq!(errno(open(inodes[3])), libc::EMFILE);
+        assert_eq!(errno(fs.opendir(&c, ROOT_ID, 0)), libc::EMFILE);
+        fs.release(&c, f4, 0, h1, false, false, None).unwrap();
+        // Releasing twice does not make room for more.
+        assert!(fs.release(&c, f4, 0, h1, false, false, None).is_err());
+        let h3 = open(inodes[3]).unwrap().0.unwrap();
+        assert_eq!(errno(open(inodes[3])), libc::EMFILE);
+        for (inode, h) in [(inodes[2], h2), (inodes[3], h3)] {
+            fs.release(&c, inode, 0, h, false, false, None).unwrap();
+        }
+        // READDIRPLUS looks every entry up: it lists the known inodes and
+        // stops at the first new one past the bound.
+        let mut listed = Vec::new();
+        let dh = fs
+            .opendir(&c, ROOT_ID, libc::O_RDONLY as u32)
+            .unwrap()
+            .0
+            .unwrap();
+        fs.readdirplus(&c, ROOT_ID, dh, 4096, 0, &mut |d, _| {
+            listed.push(String::from_utf8_lossy(d.name).into_owned());
+            Ok(1)
+        })
+        .unwrap();
+        // Three inodes are known (f2, f3, f4): one more new one fits (f0
+        // and f1 were forgotten, f5 never looked up), the next stops it.
+        let new = listed
+            .iter()
+            .filter(|n| ["f0", "f1", "f5"].contains(&n.as_str()))
+            .count();
+        assert_eq!(new, 1, "{listed:?}");
+        fs.releasedir(&c, ROOT_ID, 0, dh).unwrap();
+        assert_eq!(errno(lookup(&fs, ROOT_ID, "f5")), libc::ENFILE);
+        // DESTROY drops everything.
+        fs.destroy();
+        fs.init(FsOptions::empty()).unwrap();
+        lookup(&fs, ROOT_ID, "f5").unwrap();
+    }
+
+    #[test]
+    fn open_flags_pass_an_allow_list() {
+        let ok = |flags: i32, extra| open_flags(flags as u32, extra).unwrap() as i32;
+        assert_eq!(
+            ok(libc::O_RDWR | libc::O_APPEND, 0),
+            libc::O_RDWR | libc::O_APPEND
+        );
+        // Dropped: O_NOFOLLOW, O_CLOEXEC, O_CREAT outside CREATE, FASYNC.
+        let dropped = libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_CREAT | libc::O_ASYNC;
+        assert_eq!(ok(libc::O_RDONLY | dropped, 0), libc::O_RDONLY);
+        assert_eq!(
+            ok(
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                libc::O_CREAT | libc::O_EXCL
+            ),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL
+        );
+        for bad in [
+            libc::O_PATH,
+            libc::O_TMPFILE | libc::O_RDWR,
+            libc::O_ACCMODE,
+        ] {
+            assert_eq!(
+                open_flags(bad as u32, 0).unwrap_err().raw_os_error(),
+                Some(libc::EINVAL)
+            );
+        }
     }
 
     #[test]

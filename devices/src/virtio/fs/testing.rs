@@ -22,6 +22,7 @@ pub fn share(dir: &Path, read_only: bool) -> FsShare {
         path: dir.to_path_buf(),
         read_only,
         cache: CacheMode::Auto,
+        limits: Default::default(),
     }
 }
 

@@ -74,7 +74,10 @@ impl WorkerLoop for FsWorker {
             return;
         };
         let _ = active.notify.read();
-        if self.server.process_queue(&self.mem, &mut active.queue) {
+        if self
+            .server
+            .process_queue(&self.mem, &mut active.queue, &self.interrupt)
+        {
             self.interrupt.signal_used();
         }
     }
