@@ -5,7 +5,6 @@
 //! is owned by the returned value, so an error part-way drops what was
 //! built and leaves nothing behind.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{boot, cpuid, layout, mptable, regs};
 use crate::config::{ConfigError, ConsoleConfig, DeviceConfig, VmConfig};
+use crate::console_log::ConsoleLog;
 use crate::device_manager::{DeviceError, DeviceManager, MmioSlot};
 use crate::exit::{ExitReason, ExitSender};
 use crate::loader::{self, LoadError};
@@ -240,16 +240,12 @@ impl Machine {
 fn console_sink(config: &ConsoleConfig) -> Result<Option<Box<dyn Write + Send>>, BuildError> {
     Ok(match config {
         ConsoleConfig::Stdio => Some(Box::new(std::io::stdout())),
-        ConsoleConfig::File(path) => Some(Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| BuildError::ConsoleFile {
-                    path: path.clone(),
-                    source,
-                })?,
-        )),
+        ConsoleConfig::File(path) => Some(Box::new(ConsoleLog::open(path).map_err(|source| {
+            BuildError::ConsoleFile {
+                path: path.clone(),
+                source,
+            }
+        })?)),
         ConsoleConfig::Off => None,
     })
 }

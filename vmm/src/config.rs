@@ -8,7 +8,9 @@ use std::path::PathBuf;
 pub enum ConsoleConfig {
     /// The VMM's stdout (and stdin, when it is readable).
     Stdio,
-    /// Appended to a file.
+    /// Appended to a file, which is rotated to `<file>.1` past
+    /// [`CONSOLE_LOG_LIMIT`](crate::console_log::CONSOLE_LOG_LIMIT) so a
+    /// guest cannot fill the host's disk.
     File(PathBuf),
     /// Discarded (still watched for kernel panics).
     Off,

@@ -26,6 +26,7 @@ pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod config;
+pub mod console_log;
 pub mod device_manager;
 pub mod exit;
 pub mod loader;
