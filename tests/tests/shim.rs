@@ -57,6 +57,113 @@ fn wait_status(ctrd: &Containerd, id: &str, status: &str) {
     }
 }
 
+/// A probe the container runs: opens its argument with O_PATH through the
+/// virtio-fs share (the container's rootfs is one), then tries to read it.
+const OPATH_PROBE: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char buf[64];
+    int fd = open(argv[1], O_PATH);
+    if (fd < 0) { printf("open-failed %d\n", errno); return 0; }
+    ssize_t n = read(fd, buf, sizeof buf);
+    printf("read %zd errno %d\n", n, n < 0 ? errno : 0);
+    n = pread(fd, buf, sizeof buf, 0);
+    printf("pread %zd errno %d\n", n, n < 0 ? errno : 0);
+    return 0;
+}
+"#;
+
+/// What a guest (root in its container) tries against the host through the
+/// share, and what the host must show for it: the O_PATH read fails, a
+/// setuid-root binary and a FIFO it makes are on a nosuid,nodev mount the
+/// host never runs setuid or opens as a device, and no host user can reach
+/// the sandbox's state directory.
+fn hostile_guest(ctrd: &Containerd, scratch: &std::path::Path) {
+    let src = scratch.join("opath-probe.c");
+    std::fs::write(&src, OPATH_PROBE).unwrap();
+    let state = std::path::Path::new("/run/skiff/sbs/long");
+    let rootfs = state.join("shared/long/rootfs");
+    let probe = rootfs.join("opath-probe");
+    let cc = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&probe)
+        .arg(&src)
+        .output()
+        .expect("run cc");
+    assert!(
+        cc.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "h1",
+        "long",
+        "/opath-probe",
+        "/etc/passwd",
+    ]);
+    expect(&out, 0, "O_PATH probe", ctrd);
+    let ebadf = format!("errno {}", libc::EBADF);
+    assert!(
+        out.stdout.lines().filter(|l| l.ends_with(&ebadf)).count() == 2,
+        "an O_PATH fd read something: {}",
+        out.stdout
+    );
+
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "h2",
+        "long",
+        "sh",
+        "-c",
+        "cp /bin/busybox /suid && chmod 4755 /suid && mknod /fifo p && echo planted",
+    ]);
+    expect(&out, 0, "plant setuid file and FIFO", ctrd);
+    assert_eq!(out.stdout, "planted\n");
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let suid = rootfs.join("suid");
+    assert_eq!(std::fs::metadata(&suid).unwrap().mode() & 0o7777, 0o4755);
+    assert!(std::fs::metadata(rootfs.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    // The host's view of everything the guest writes is nosuid,nodev.
+    for path in [&suid, &rootfs.join("fifo"), &state.join("shared")] {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statvfs fills the struct we pass.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            unsafe { libc::statvfs(c.as_ptr(), &mut st) },
+            0,
+            "{}",
+            path.display()
+        );
+        let want = libc::ST_NOSUID | libc::ST_NODEV;
+        assert_eq!(
+            st.f_flag & want,
+            want,
+            "{} is not on a nosuid,nodev mount",
+            path.display()
+        );
+    }
+    let mode = std::fs::metadata(state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode,
+        0o700,
+        "state directory {} is {mode:o}",
+        state.display()
+    );
+    std::fs::remove_file(&probe).unwrap();
+}
+
 /// Bad input fails the `ctr run` with a message naming the problem and
 /// leaves nothing behind. None of these boots a VM.
 fn bad_input(ctrd: &Containerd, scratch: &std::path::Path) {
@@ -325,6 +432,9 @@ fn containers_run_through_real_containerd() {
         (guest_now - host_now).abs() < 120,
         "guest clock {guest_now}, host {host_now}"
     );
+    hostile_guest(&ctrd, &scratch.0);
+    steps.mark("hostile guest: O_PATH read refused, setuid file and FIFO inert on the host");
+
     expect(&ctrd.ctr(&["task", "pause", "long"]), 0, "pause", &ctrd);
     assert_eq!(task_status(&ctrd, "long").as_deref(), Some("PAUSED"));
     expect(&ctrd.ctr(&["task", "resume", "long"]), 0, "resume", &ctrd);
