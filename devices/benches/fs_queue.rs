@@ -127,7 +127,7 @@ impl Ring {
             (reply, (OUT + size_of::<T>()) as u32, true),
         ]);
         self.offer(head);
-        server.process_queue(&self.mem, &mut self.queue, &self.interrupt);
+        server.process_queue(&self.mem, &mut self.queue, &self.interrupt, None);
         let out: OutHeader = self.mem.read_obj(GuestAddress(reply)).unwrap();
         assert_eq!(out.error, 0, "{op:?} failed");
         self.mem.read_obj(GuestAddress(reply + OUT as u64)).unwrap()
@@ -198,7 +198,7 @@ fn main() {
         for &head in &heads[..count] {
             ring.offer(head);
         }
-        server.process_queue(&ring.mem, &mut ring.queue, &ring.interrupt);
+        server.process_queue(&ring.mem, &mut ring.queue, &ring.interrupt, None);
         done += count as u64;
     }
     let elapsed = start.elapsed();

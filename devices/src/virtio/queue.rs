@@ -4,12 +4,20 @@
 //! is empty and when the driver's avail index is more than a queue ahead of
 //! the device (nonsense), while `enable_notification` keeps answering "more
 //! to do": a worker that loops on the two spins forever and never sees its
-//! kill eventfd. A chain whose device-writable buffers overlap the rings
-//! lets the device rewrite the avail ring while it replies, so the guest's
-//! work never ends either. [`pop`] tells these cases from an empty queue;
-//! every device answers a [`QueueError`] the same way: it stops serving
-//! that queue and marks itself DEVICE_NEEDS_RESET
-//! ([`Interrupt::fail`](super::Interrupt::fail)) until the driver resets it.
+//! kill eventfd. [`pop`] tells that case from an empty queue; every device
+//! answers a [`QueueError`] the same way: it stops serving that queue and
+//! marks itself DEVICE_NEEDS_RESET ([`Interrupt::fail`](super::Interrupt::fail))
+//! until the driver resets it.
+//!
+//! A reply buffer that overlaps the avail ring lets the device's own writes
+//! change what is available. Mostly that makes the index nonsense (caught
+//! above); a crafted one could keep the device busy on its own writes. So
+//! [`drain`] serves at most one queue's worth of chains per call and then
+//! kicks the queue's eventfd instead of looping: the worker goes back to
+//! epoll between rounds and always sees its kill eventfd. Checking every
+//! writable buffer against the rings would re-read each descriptor (about
+//! 1000 instructions on a 3-descriptor block request, +30%); the budget
+//! costs nothing.
 //!
 //! The transport refuses at activation a queue whose rings overlap each
 //! other ([`rings_overlap`]), which covers a driver that sets QUEUE_READY
@@ -20,6 +28,8 @@ use std::sync::atomic::Ordering;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemory;
 
+use vmm_sys_util::eventfd::EventFd;
+
 use super::Interrupt;
 
 /// Why a queue can no longer be served.
@@ -29,15 +39,6 @@ pub enum QueueError {
     AvailIndex { avail: u16, next: u16, size: u16 },
     #[error("the avail ring cannot be read")]
     AvailRing,
-    #[error(
-        "chain {head}: a device-writable buffer at {addr:#x} ({len} bytes) overlaps the {ring}"
-    )]
-    WritableOverlapsRing {
-        head: u16,
-        addr: u64,
-        len: u32,
-        ring: &'static str,
-    },
 }
 
 /// The guest-physical ranges `[start, end)` of a queue's three rings,
@@ -66,12 +67,9 @@ pub fn rings_overlap(queue: &Queue) -> bool {
     overlaps(r(d), r(a)) || overlaps(r(d), r(u)) || overlaps(r(a), r(u))
 }
 
-/// Takes the next chain the driver made available: `Ok(None)` when there
-/// is none, an error when the queue is broken (see the module doc).
-pub fn pop<'m, M: GuestMemory>(
-    queue: &mut Queue,
-    mem: &'m M,
-) -> Result<Option<DescriptorChain<&'m M>>, QueueError> {
+/// Checks that the driver's avail index is at most a queue ahead of the
+/// device's; past that virtio-queue pops nothing while reporting work.
+pub fn check_avail<M: GuestMemory>(queue: &Queue, mem: &M) -> Result<(), QueueError> {
     let avail = queue
         .avail_idx(mem, Ordering::Acquire)
         .map_err(|_| QueueError::AvailRing)?
@@ -81,68 +79,65 @@ pub fn pop<'m, M: GuestMemory>(
     if avail.wrapping_sub(next) > size {
         return Err(QueueError::AvailIndex { avail, next, size });
     }
-    let Some(chain) = queue.pop_descriptor_chain(mem) else {
-        return Ok(None);
-    };
-    let ring_areas = rings(queue);
-    for desc in chain.clone().filter(|d| d.is_write_only()) {
-        let buf = (
-            desc.addr().0,
-            desc.addr().0.saturating_add(desc.len().into()),
-        );
-        if let Some(&(ring, ..)) = ring_areas
-            .iter()
-            .find(|&&(_, start, end)| overlaps(buf, (start, end)))
-        {
-            return Err(QueueError::WritableOverlapsRing {
-                head: chain.head_index(),
-                addr: desc.addr().0,
-                len: desc.len(),
-                ring,
-            });
-        }
-    }
-    Ok(Some(chain))
+    Ok(())
 }
 
-/// Serves every chain the driver has made available: `serve` returns the
-/// bytes it wrote into the chain, which goes on the used ring. Notifications
-/// are re-enabled and the ring looked at again, so a chain added meanwhile
-/// is not left waiting (virtio 1.2, 2.7.10). A broken queue fails the
-/// device and ends the loop; a device that already needs a reset serves
-/// nothing. Returns whether the driver wants an interrupt.
+/// Takes the next chain the driver made available: `Ok(None)` when there
+/// is none, an error when the queue is broken (see the module doc).
+pub fn pop<'m, M: GuestMemory>(
+    queue: &mut Queue,
+    mem: &'m M,
+) -> Result<Option<DescriptorChain<&'m M>>, QueueError> {
+    check_avail(queue, mem)?;
+    Ok(queue.pop_descriptor_chain(mem))
+}
+
+/// Serves the chains the driver has made available: `serve` returns the
+/// bytes it wrote into the chain, which goes on the used ring.
+/// Notifications are re-enabled and the ring looked at again, so a chain
+/// added meanwhile is not left waiting (virtio 1.2, 2.7.10). After a
+/// queue's worth of chains `kick` (the queue's notify eventfd) is written
+/// and the call returns, so the worker's loop runs again (see the module
+/// doc). A broken queue fails the device and ends the loop; a device that
+/// already needs a reset serves nothing. Returns whether the driver wants
+/// an interrupt.
 pub fn drain<M: GuestMemory>(
     queue: &mut Queue,
     mem: &M,
     interrupt: &Interrupt,
+    kick: Option<&EventFd>,
     mut serve: impl FnMut(DescriptorChain<&M>) -> u32,
 ) -> bool {
-    let mut used_any = false;
-    while !interrupt.needs_reset() {
+    let mut used = 0u32;
+    let budget = u32::from(queue.size());
+    'rounds: while !interrupt.needs_reset() {
         if let Err(e) = queue.disable_notification(mem) {
             interrupt.fail(&format_args!("cannot disable notifications: {e}"));
             break;
         }
-        loop {
-            match pop(queue, mem) {
-                Ok(Some(chain)) => {
-                    let head = chain.head_index();
-                    let len = serve(chain);
-                    if let Err(e) = queue.add_used(mem, head, len) {
-                        interrupt.fail(&format_args!("cannot return chain {head}: {e}"));
-                        break;
-                    }
-                    used_any = true;
+        if let Err(e) = check_avail(queue, mem) {
+            interrupt.fail(&e);
+            break;
+        }
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = serve(chain);
+            if let Err(e) = queue.add_used(mem, head, len) {
+                interrupt.fail(&format_args!("cannot return chain {head}: {e}"));
+                break 'rounds;
+            }
+            used += 1;
+            if used >= budget {
+                // Come back through the worker's epoll loop.
+                if let Some(kick) = kick {
+                    let _ = kick.write(1);
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    interrupt.fail(&e);
-                    break;
-                }
+                break 'rounds;
             }
         }
         match queue.enable_notification(mem) {
-            // `pop` has ruled out a nonsense index, so "more" is real work.
+            // The index was checked: "more" is real work, or a nonsense
+            // index written meanwhile, which the next round catches.
             Ok(true) => continue,
             Ok(false) => break,
             Err(e) => {
@@ -151,7 +146,7 @@ pub fn drain<M: GuestMemory>(
             }
         }
     }
-    used_any && queue.needs_notification(mem).unwrap_or(true)
+    used > 0 && queue.needs_notification(mem).unwrap_or(true)
 }
 
 #[cfg(test)]
@@ -217,23 +212,28 @@ mod tests {
     }
 
     #[test]
-    fn a_writable_buffer_over_a_ring_is_refused_a_readable_one_is_not() {
-        for (addr, ring) in [
-            (AVAIL, "avail ring"),
-            (USED + 8, "used ring"),
-            (DESC - 32, "descriptor table"),
-        ] {
-            let (mem, mut q) = setup();
-            offer(&mem, 0, addr, true);
-            let err = pop(&mut q, &mem).unwrap_err();
-            assert!(
-                matches!(err, QueueError::WritableOverlapsRing { ring: r, .. } if r == ring),
-                "{err}"
-            );
-        }
+    fn a_drain_serves_one_queue_worth_then_kicks_its_eventfd() {
         let (mem, mut q) = setup();
-        offer(&mem, 0, AVAIL, false);
-        assert!(pop(&mut q, &mem).unwrap().is_some());
+        let interrupt = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        // The device's "reply" re-offers the chain forever, as a reply
+        // buffer over the avail ring could.
+        let mut served = 0;
+        let mut idx = 1u16;
+        offer(&mem, 0, 0x8000, true);
+        let notify = drain(&mut q, &mem, &interrupt, Some(&kick), |_| {
+            served += 1;
+            let slot = idx % SIZE;
+            mem.write_obj(slot, GuestAddress(AVAIL + 4 + 2 * u64::from(slot)))
+                .unwrap();
+            idx = idx.wrapping_add(1);
+            mem.write_obj(idx, GuestAddress(AVAIL + 2)).unwrap();
+            1
+        });
+        assert!(notify);
+        assert_eq!(served, SIZE);
+        assert_eq!(kick.read().unwrap(), 1);
+        assert!(!interrupt.needs_reset());
     }
 
     #[test]

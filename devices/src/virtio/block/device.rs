@@ -122,7 +122,8 @@ impl VirtioDevice for Block {
             self.disk.clone(),
             features,
             interrupt.clone(),
-        );
+        )
+        .with_kick(active.notify.try_clone()?);
         let work = BlockWorker {
             requests,
             notify: active.notify,

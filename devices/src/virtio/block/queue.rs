@@ -10,6 +10,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::disk::{DiskFile, DIRECT_ALIGN};
 use super::request::{gather, scatter, to_iovecs, Buffers, Header, RequestError, HEADER_LEN};
@@ -38,6 +39,8 @@ pub struct RequestQueue {
     mem: GuestMemoryMmap,
     /// Fails the device when the driver breaks the queue.
     interrupt: Arc<Interrupt>,
+    /// The queue's notify eventfd, written when a drain stops at its budget.
+    kick: Option<EventFd>,
     exec: Executor,
 }
 
@@ -74,6 +77,7 @@ impl RequestQueue {
         Self {
             queue,
             interrupt,
+            kick: None,
             mem: mem.clone(),
             exec: Executor {
                 mem,
@@ -86,6 +90,13 @@ impl RequestQueue {
         }
     }
 
+    /// Has [`process`](Self::process) write `kick` (the queue's notify
+    /// eventfd) when it stops at its budget with requests left.
+    pub fn with_kick(mut self, kick: EventFd) -> Self {
+        self.kick = Some(kick);
+        self
+    }
+
     /// The interrupt through which the queue fails the device.
     pub fn interrupt(&self) -> &Interrupt {
         &self.interrupt
@@ -95,7 +106,8 @@ impl RequestQueue {
     /// the driver wants an interrupt for the completions.
     pub fn process(&mut self) -> bool {
         let exec = &mut self.exec;
-        queue::drain(&mut self.queue, &self.mem, &self.interrupt, |chain| {
+        let kick = self.kick.as_ref();
+        queue::drain(&mut self.queue, &self.mem, &self.interrupt, kick, |chain| {
             let head = chain.head_index();
             match exec.buffers.load(&exec.mem, chain) {
                 Some(status) => exec.complete(status),

@@ -74,10 +74,12 @@ impl WorkerLoop for FsWorker {
             return;
         };
         let _ = active.notify.read();
-        if self
-            .server
-            .process_queue(&self.mem, &mut active.queue, &self.interrupt)
-        {
+        if self.server.process_queue(
+            &self.mem,
+            &mut active.queue,
+            &self.interrupt,
+            Some(&active.notify),
+        ) {
             self.interrupt.signal_used();
         }
     }

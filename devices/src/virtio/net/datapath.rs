@@ -112,17 +112,24 @@ impl NetWorker {
             bufs: &mut self.bufs,
             buf: &mut self.tx_buf,
         };
-        let notify = queue::drain(&mut self.tx.queue, &self.mem, &self.interrupt, |chain| {
-            let head = chain.head_index();
-            match chain::collect(tx.mem, chain, false, max, tx.bufs) {
-                Ok(len) if len < NET_HDR_LEN as u64 => {
-                    tx.bad_chain(head, ChainError::TooShort(len))
+        let kick = Some(&self.tx.notify);
+        let notify = queue::drain(
+            &mut self.tx.queue,
+            &self.mem,
+            &self.interrupt,
+            kick,
+            |chain| {
+                let head = chain.head_index();
+                match chain::collect(tx.mem, chain, false, max, tx.bufs) {
+                    Ok(len) if len < NET_HDR_LEN as u64 => {
+                        tx.bad_chain(head, ChainError::TooShort(len))
+                    }
+                    Ok(len) => tx.send_frame(head, len as usize),
+                    Err(e) => tx.bad_chain(head, e),
                 }
-                Ok(len) => tx.send_frame(head, len as usize),
-                Err(e) => tx.bad_chain(head, e),
-            }
-            0
-        });
+                0
+            },
+        );
         if notify {
             self.interrupt.signal_used();
         }

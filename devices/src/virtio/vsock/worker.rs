@@ -59,7 +59,8 @@ impl VsockWorker {
     /// Handles every packet the guest has put on the TX queue.
     pub fn process_tx(&mut self) {
         let (mem, muxer) = (&self.mem, &mut self.muxer);
-        let notify = queue::drain(&mut self.tx, mem, &self.interrupt, |mut chain| {
+        let kick = Some(&self.notify[1]);
+        let notify = queue::drain(&mut self.tx, mem, &self.interrupt, kick, |mut chain| {
             match parse_tx(mem, &mut chain) {
                 Ok(pkt) => muxer.guest_packet(&Header::of(&pkt), pkt.data_slice()),
                 Err(e) => tracing::debug!("vsock: TX packet dropped: {e}"),
