@@ -88,15 +88,26 @@ pub struct SharedFsConfig {
     /// virtio-fs cache policy for container root filesystems:
     /// "never", "auto" or "always".
     pub cache: String,
+    /// Size of the tmpfs the shared directory is (host RAM the guest can
+    /// fill by writing to the share outside its containers' binds; the
+    /// binds themselves are on their own filesystems).
+    pub tmpfs_size_mib: u64,
 }
 
 impl Default for SharedFsConfig {
     fn default() -> Self {
         Self {
             cache: "auto".into(),
+            tmpfs_size_mib: 16,
         }
     }
 }
+
+/// Inodes of the shared directory's tmpfs: a few per container are used
+/// by the runtime, the rest is what the guest may create there.
+pub const SHARED_FS_TMPFS_INODES: u64 = 16384;
+/// Bounds of `shared_fs.tmpfs_size_mib`.
+const SHARED_FS_TMPFS_MIB: std::ops::RangeInclusive<u64> = 1..=4096;
 
 impl SharedFsConfig {
     pub fn cache_policy(&self) -> Result<FsCache, ConfigError> {
@@ -218,6 +229,14 @@ impl RuntimeConfig {
             ));
         }
         self.shared_fs.cache_policy()?;
+        if !SHARED_FS_TMPFS_MIB.contains(&self.shared_fs.tmpfs_size_mib) {
+            return Err(ConfigError::Invalid(format!(
+                "shared_fs.tmpfs_size_mib = {} is outside {}..={}",
+                self.shared_fs.tmpfs_size_mib,
+                SHARED_FS_TMPFS_MIB.start(),
+                SHARED_FS_TMPFS_MIB.end()
+            )));
+        }
         Ok(())
     }
 }
@@ -266,6 +285,20 @@ mod tests {
             config.validate().unwrap_err().to_string(),
             "configuration: hypervisor.hotplug_slots = 17 is above the maximum of 16"
         );
+
+        let mut config = RuntimeConfig::default();
+        let exists = std::env::current_exe().unwrap();
+        config.hypervisor.kernel = exists.clone();
+        config.hypervisor.initrd = exists;
+        for bad in [0, 4097] {
+            config.shared_fs.tmpfs_size_mib = bad;
+            assert_eq!(
+                config.validate().unwrap_err().to_string(),
+                format!("configuration: shared_fs.tmpfs_size_mib = {bad} is outside 1..=4096")
+            );
+        }
+        config.shared_fs.tmpfs_size_mib = 64;
+        config.validate().unwrap();
 
         let mut config = RuntimeConfig::default();
         config.shared_fs.cache = "sometimes".into();

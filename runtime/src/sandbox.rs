@@ -26,10 +26,10 @@ use skiff_vmm::config::{
 use skiff_vmm::timeline::Milestone;
 use skiff_vmm::{ConsoleConfig, VmConfig, VmState, VmmError, VmmHandle};
 
-use crate::config::{ConfigError, RuntimeConfig};
+use crate::config::{ConfigError, RuntimeConfig, SharedFsConfig, SHARED_FS_TMPFS_INODES};
 use crate::network::{self, NetworkError, PodNetwork};
 use crate::persist::{self, ContainerState, PersistError, SandboxState};
-use crate::share::{self, ShareError};
+use crate::share::{self, HostDir, ShareError};
 use crate::spec::{self, BlockDevice, GuestSpec, SpecError, ROOTFS_DIR};
 
 /// virtio-fs tag of the sandbox's shared directory.
@@ -37,6 +37,8 @@ pub const SHARE_TAG: &str = "skiffshared";
 /// Where the guest mounts the shared directory.
 pub const GUEST_SHARE_DIR: &str = "/run/skiff/shared";
 const GUEST_CID: u32 = 3;
+/// The shared directory's name in the sandbox's state directory.
+const SHARE_DIR: &str = "shared";
 const CONSOLE_LOG: &str = "console.log";
 /// Console lines quoted in an error when the guest never answered.
 const CONSOLE_TAIL_LINES: usize = 20;
@@ -59,6 +61,8 @@ pub enum SandboxError {
     AlreadyRunning { id: String, pid: u32 },
     #[error("prepare {path}: {err}")]
     Prepare { path: PathBuf, err: std::io::Error },
+    #[error("remove {path}: {why}")]
+    Leftover { path: PathBuf, why: String },
     #[error("VMM: {0}")]
     Vmm(#[from] VmmError),
     #[error(
@@ -118,7 +122,9 @@ impl std::fmt::Display for BootTimeline {
 pub struct Sandbox {
     id: String,
     dir: PathBuf,
-    share: PathBuf,
+    /// The shared directory's tmpfs root: every path below it is the
+    /// guest's to change and is only reached through this fd.
+    share: HostDir,
     request_timeout: Duration,
     vmm: VmmHandle,
     agent: AgentServiceClient,
@@ -142,7 +148,9 @@ impl Drop for Undo<'_> {
 }
 
 /// Unwires the pod network recorded in the state directory (if any),
-/// unmounts everything below it and removes it.
+/// unmounts everything below it (container binds first, then the share's
+/// tmpfs, which takes what the guest wrote there with it) and removes it,
+/// never following a symlink nor entering a mount that is left.
 fn remove_sandbox_dir(dir: &Path) -> Result<(), SandboxError> {
     if let Ok(SandboxState {
         network: Some(net), ..
@@ -150,15 +158,81 @@ fn remove_sandbox_dir(dir: &Path) -> Result<(), SandboxError> {
     {
         network::disconnect(&net)?;
     }
-    share::unmount_tree(dir)?;
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(SandboxError::Prepare {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(SandboxError::Leftover {
             path: dir.into(),
-            err,
-        }),
+            why: "not a directory below a state root".into(),
+        });
+    };
+    let parent = match HostDir::open(parent) {
+        Ok(parent) => parent,
+        Err(_) if !parent.exists() => return Ok(()),
+        Err(e) => return Err(ShareError::from(e).into()),
+    };
+    let name = Path::new(name);
+    share::unmount_tree(&parent, name).map_err(ShareError::from)?;
+    let removal = share::remove_tree(&parent, name).map_err(ShareError::from)?;
+    if removal.complete {
+        return Ok(());
     }
+    Err(SandboxError::Leftover {
+        path: dir.into(),
+        why: leftover(&removal),
+    })
+}
+
+fn leftover(removal: &share::Removal) -> String {
+    let mut why = Vec::new();
+    if !removal.skipped_mounts.is_empty() {
+        let points: Vec<String> = removal
+            .skipped_mounts
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        why.push(format!("still mounted: {}", points.join(", ")));
+    }
+    for (path, err) in &removal.failed {
+        why.push(format!("{}: {err}", path.display()));
+    }
+    if removal.limit_hit {
+        why.push("the tree is too deep or too large to remove".into());
+    }
+    if why.is_empty() {
+        why.push("not empty".into());
+    }
+    why.join("; ")
+}
+
+/// Makes the sandbox's state directory, mode 0700 (its parents 0711):
+/// only root on the host reaches the share, console log and sockets.
+fn make_state_dir(dir: &Path) -> Result<(), SandboxError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let prepare = |path: &Path| {
+        let path = path.to_path_buf();
+        move |err| SandboxError::Prepare { path, err }
+    };
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(parent)
+            .map_err(prepare(parent))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(prepare(dir))
+}
+
+/// Mounts the share's own bounded tmpfs in the state directory `dir`.
+fn mount_share(dir: &Path, config: &SharedFsConfig) -> Result<HostDir, SandboxError> {
+    let state = HostDir::open(dir).map_err(ShareError::from)?;
+    Ok(share::mount_tmpfs(
+        &state,
+        SHARE_DIR,
+        config.tmpfs_size_mib,
+        SHARED_FS_TMPFS_INODES,
+    )?)
 }
 
 impl Sandbox {
@@ -190,12 +264,10 @@ impl Sandbox {
                 }
             }
         }
-        let share = dir.join("shared");
-        std::fs::create_dir_all(&share).map_err(|err| SandboxError::Prepare {
-            path: share.clone(),
-            err,
-        })?;
+        make_state_dir(&dir)?;
         let mut undo = Undo(Some(&dir));
+        let share_root = mount_share(&dir, &config.shared_fs)?;
+        let share = share_root.path().to_path_buf();
         let state = SandboxState {
             sandbox_id: id.into(),
             shim_pid: std::process::id(),
@@ -271,7 +343,7 @@ impl Sandbox {
         let sandbox = Self {
             id: id.into(),
             dir: dir.clone(),
-            share,
+            share: share_root,
             request_timeout,
             vmm,
             agent,
@@ -405,7 +477,7 @@ impl Sandbox {
     }
 
     fn host_dir(&self, container_id: &str) -> PathBuf {
-        self.share.join(container_id)
+        self.share.path().join(container_id)
     }
 
     fn save_state(&self, update: impl FnOnce(&mut SandboxState)) -> Result<(), SandboxError> {
@@ -440,12 +512,14 @@ impl Sandbox {
                 mounts,
             })
         })?;
+        let in_share = Path::new(container_id);
         let result = (|| {
-            share::bind(rootfs, &host_dir.join(ROOTFS_DIR), false)?;
+            share::bind(&self.share, &in_share.join(ROOTFS_DIR), rootfs, false)?;
             for bind in &guest.binds {
                 share::bind(
+                    &self.share,
+                    &in_share.join(&bind.share_path),
                     &bind.source,
-                    &host_dir.join(&bind.share_path),
                     bind.read_only,
                 )?;
             }
@@ -551,10 +625,22 @@ impl Sandbox {
         removed.and(detached)
     }
 
+    /// Unmounts and removes the container's directory in the share. What
+    /// the guest made unremovable meanwhile (a mount renamed into it, a
+    /// tree too large) is logged and left for the sandbox's teardown,
+    /// which unmounts the whole share.
     fn unshare(&self, container_id: &str) -> Result<(), SandboxError> {
-        let host_dir = self.host_dir(container_id);
-        share::unmount_tree(&host_dir)?;
-        let _ = std::fs::remove_dir_all(&host_dir);
+        let in_share = Path::new(container_id);
+        share::unmount_tree(&self.share, in_share).map_err(ShareError::from)?;
+        match share::remove_tree(&self.share, in_share) {
+            Ok(removal) if !removal.complete => tracing::warn!(
+                "container {container_id}: {} left: {}",
+                self.host_dir(container_id).display(),
+                leftover(&removal)
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("container {container_id}: {e}"),
+        }
         self.save_state(|s| s.containers.retain(|c| c.id != container_id))
     }
 
@@ -780,6 +866,60 @@ mod tests {
         }));
         assert_eq!(sandbox_id_of(&pod, "pod1"), "pod1");
         assert_eq!(sandbox_id_of(&with(serde_json::json!({})), "c9"), "c9");
+    }
+
+    /// A guard that detaches whatever a test left mounted below `root`.
+    struct Unmount(PathBuf);
+
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for point in share::mounts_under(&self.0).unwrap_or_default() {
+                let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+
+    #[test]
+    fn the_state_dir_is_private_and_its_bounded_share_goes_with_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::Builder::new()
+            .prefix("skiff-state-test")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        let _guard = Unmount(root.clone());
+        let dir = root.join("sbs/p1");
+        make_state_dir(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&root.join("sbs")), 0o711);
+        let config = SharedFsConfig {
+            tmpfs_size_mib: 2,
+            ..Default::default()
+        };
+        let share = mount_share(&dir, &config).unwrap();
+        assert_eq!(share.path(), dir.join(SHARE_DIR));
+        assert_eq!(mode(share.path()), 0o700);
+        let source = root.join("rootfs");
+        std::fs::create_dir(&source).unwrap();
+        std::fs::write(source.join("keep"), "image data").unwrap();
+        share::bind(&share, Path::new("c1/rootfs"), &source, false).unwrap();
+        std::fs::write(dir.join("shared/guest-file"), "guest data").unwrap();
+        let mounts = share::mounts_under(&dir).unwrap();
+        assert_eq!(
+            mounts,
+            vec![dir.join("shared/c1/rootfs"), dir.join(SHARE_DIR)]
+        );
+
+        remove_sandbox_dir(&dir).unwrap();
+        assert!(share::mounts_under(&root).unwrap().is_empty());
+        assert!(!dir.exists());
+        assert_eq!(
+            std::fs::read_to_string(source.join("keep")).unwrap(),
+            "image data"
+        );
+        // Nothing there is fine too.
+        remove_sandbox_dir(&dir).unwrap();
     }
 
     #[test]

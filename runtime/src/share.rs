@@ -2,80 +2,218 @@
 //! one subdirectory per container holding bind mounts of its rootfs and
 //! of the host files its spec binds in. Every mount made here is listed in
 //! persist.json and undone by [`unmount_tree`].
+//!
+//! The guest writes the share: as root in its own kernel it can create,
+//! rename, delete and symlink anything below the share root, at any
+//! moment. So the runtime never touches a path below it by name the way
+//! the host's ordinary calls do (they follow symlinks and re-resolve the
+//! whole path on every call, which lets the guest point them at host
+//! paths):
+//! - bind targets are made and opened one component at a time from the
+//!   share root's fd with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//!   RESOLVE_NO_XDEV)` ([`resolve`]), and the bind is made onto that fd
+//!   with the new mount API (`open_tree`, `mount_setattr`, `move_mount`);
+//! - teardown unmounts through fds resolved the same way and deletes with
+//!   a walker that neither follows a symlink nor enters another mount
+//!   ([`remove`]).
+//!
+//! The share itself is a tmpfs of its own ([`mount_tmpfs`]), bounded in
+//! size and inodes, so what the guest writes there cannot fill the host's
+//! `/run`. Every mount here is `nosuid,nodev` on the host: the guest can
+//! make setuid files and device nodes in what it writes, and the host must
+//! never honour them (the guest's own view over virtio-fs is unaffected:
+//! it runs them in its own kernel).
 
+mod remove;
+mod resolve;
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use rustix::fs::{FileType, Mode, OFlags, CWD};
+use rustix::io::Errno;
+use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags};
+
+pub use remove::{
+    remove_tree, remove_tree_with, unmount_at, unmount_tree, Limits, Removal, RemoveError,
+};
+pub use resolve::{make_dir, make_file, open_dir, HostDir, ResolveError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShareError {
     #[error("bind source {0} does not exist")]
     MissingSource(PathBuf),
-    #[error("prepare bind target {path}: {err}")]
-    Target { path: PathBuf, err: std::io::Error },
+    #[error("open bind source {path}: {err}")]
+    Source { path: PathBuf, err: std::io::Error },
+    #[error("prepare bind target: {0}")]
+    Target(#[from] ResolveError),
     #[error("bind {source_path} on {target}: {err}")]
     Bind {
         source_path: PathBuf,
         target: PathBuf,
-        err: nix::Error,
+        err: std::io::Error,
     },
-    #[error("unmount {path}: {err}")]
-    Unmount { path: PathBuf, err: nix::Error },
-    #[error("read /proc/self/mountinfo: {0}")]
-    MountInfo(std::io::Error),
+    #[error(transparent)]
+    Remove(#[from] RemoveError),
+    #[error("mount the share's tmpfs on {path}: {step}: {err}")]
+    Tmpfs {
+        path: PathBuf,
+        step: &'static str,
+        err: std::io::Error,
+    },
+    #[error("make the mounts on {path} nosuid,nodev: {err}")]
+    Harden { path: PathBuf, err: std::io::Error },
 }
 
-/// Bind-mounts `source` (a directory or a file) on `target`, making the
-/// target and its parents as needed, read-only if asked.
-pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), ShareError> {
-    let meta = std::fs::metadata(source).map_err(|_| ShareError::MissingSource(source.into()))?;
-    let prepare = || -> std::io::Result<()> {
-        if meta.is_dir() {
-            std::fs::create_dir_all(target)
-        } else {
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(target)
-                .map(drop)
-        }
-    };
-    prepare().map_err(|err| ShareError::Target {
-        path: target.into(),
-        err,
-    })?;
-    let bind_err = |err| ShareError::Bind {
+/// Bind-mounts `source` (a host directory or file, recursively) on
+/// `share/rel`, making the target and its parents as needed, never
+/// following a symlink or crossing a mount below `share`. The bind is
+/// `nosuid,nodev`, private (no mount events travel to or from the
+/// source) and read-only if asked, all before it appears in the share.
+pub fn bind(share: &HostDir, rel: &Path, source: &Path, read_only: bool) -> Result<(), ShareError> {
+    let target = share.path().join(rel);
+    let bind_err = |err: Errno| ShareError::Bind {
         source_path: source.into(),
-        target: target.into(),
-        err,
+        target: target.clone(),
+        err: err.into(),
     };
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
-    mount(Some(source), target, None::<&str>, flags, None::<&str>).map_err(bind_err)?;
-    // A mount event below the share must not travel back to the host's
-    // copy of the source (or the other way round).
-    let private = MsFlags::MS_PRIVATE | MsFlags::MS_REC;
-    let remount_ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-    let result = mount(None::<&str>, target, None::<&str>, private, None::<&str>).and_then(|_| {
-        if read_only {
-            mount(None::<&str>, target, None::<&str>, remount_ro, None::<&str>)
-        } else {
-            Ok(())
-        }
-    });
-    if let Err(err) = result {
-        let _ = umount2(target, MntFlags::MNT_DETACH);
-        return Err(bind_err(err));
+    // A detached copy of the source's mounts: nothing is visible until
+    // move_mount below, and closing the fd on an error drops it.
+    let flags = OpenTreeFlags::OPEN_TREE_CLONE
+        | OpenTreeFlags::OPEN_TREE_CLOEXEC
+        | OpenTreeFlags::AT_RECURSIVE;
+    let tree = rustix::mount::open_tree(CWD, source, flags).map_err(|errno| match errno {
+        Errno::NOENT => ShareError::MissingSource(source.into()),
+        errno => ShareError::Source {
+            path: source.into(),
+            err: errno.into(),
+        },
+    })?;
+    let st = rustix::fs::fstat(&tree).map_err(|errno| ShareError::Source {
+        path: source.into(),
+        err: errno.into(),
+    })?;
+    let target_fd = if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+        resolve::make_dir(share, rel)?
+    } else {
+        resolve::make_file(share, rel)?
+    };
+    let mut attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+    if read_only {
+        attrs |= libc::MOUNT_ATTR_RDONLY;
     }
+    mount_setattr(tree.as_fd(), attrs, MS_PRIVATE).map_err(bind_err)?;
+    let empty = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
+    rustix::mount::move_mount(&tree, "", &target_fd, "", empty).map_err(bind_err)?;
     Ok(())
 }
 
+/// `MS_PRIVATE` as `mount_attr.propagation` takes it (`c_ulong` is
+/// narrower on 32-bit targets).
+#[allow(clippy::unnecessary_cast)]
+const MS_PRIVATE: u64 = libc::MS_PRIVATE as u64;
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, ...)`: sets
+/// `attr_set` on the mount `fd` is the root of and every mount below it,
+/// and their propagation (`MS_PRIVATE`, ...; 0 leaves it). rustix has no
+/// wrapper for it.
+fn mount_setattr(fd: BorrowedFd<'_>, attr_set: u64, propagation: u64) -> Result<(), Errno> {
+    let attr = libc::mount_attr {
+        attr_set,
+        attr_clr: 0,
+        propagation,
+        userns_fd: 0,
+    };
+    // SAFETY: the path is a NUL-terminated empty string, `attr` lives
+    // across the call and its size is passed; the kernel only reads both.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc < 0 {
+        let raw = std::io::Error::last_os_error().raw_os_error();
+        Err(Errno::from_raw_os_error(raw.unwrap_or(libc::EIO)))
+    } else {
+        Ok(())
+    }
+}
+
+/// Mounts a fresh tmpfs for the share on `state/name` (made, mode 0700):
+/// at most `size_mib` MiB and `nr_inodes` inodes, `nosuid,nodev`, mode
+/// 0700, private. Returns the share root: the tmpfs's own root, which the
+/// guest cannot replace.
+pub fn mount_tmpfs(
+    state: &HostDir,
+    name: &str,
+    size_mib: u64,
+    nr_inodes: u64,
+) -> Result<HostDir, ShareError> {
+    let path = state.path().join(name);
+    let err = |step| {
+        let path = path.clone();
+        move |errno: Errno| ShareError::Tmpfs {
+            path,
+            step,
+            err: errno.into(),
+        }
+    };
+    let target = resolve::make_dir(state, Path::new(name))?;
+    let fs = rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err("fsopen"))?;
+    let size = format!("{size_mib}m");
+    let inodes = nr_inodes.to_string();
+    let options = [
+        ("source", "skiff-shared"),
+        ("size", size.as_str()),
+        ("nr_inodes", inodes.as_str()),
+        ("mode", "0700"),
+    ];
+    for (key, value) in options {
+        rustix::mount::fsconfig_set_string(&fs, key, value).map_err(err("fsconfig"))?;
+    }
+    rustix::mount::fsconfig_create(&fs).map_err(err("create"))?;
+    let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
+    let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
+        .map_err(err("fsmount"))?;
+    let empty = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
+    rustix::mount::move_mount(&mnt, "", &target, "", empty).map_err(err("move_mount"))?;
+    // Attached under a shared /run it joined a peer group: binds made in
+    // it later must not propagate anywhere. (A failure here leaves the
+    // mount for the caller's teardown, which unmounts everything below
+    // the state directory.)
+    mount_setattr(mnt.as_fd(), 0, MS_PRIVATE).map_err(err("make private"))?;
+    Ok(HostDir::from_fd(mnt, path))
+}
+
+/// Makes the mount at `path` (a mount point the host just made, such as
+/// a bundle's rootfs) and every mount below it `nosuid,nodev`.
+pub fn harden_mount(path: &Path) -> Result<(), ShareError> {
+    let err = |errno: Errno| ShareError::Harden {
+        path: path.into(),
+        err: errno.into(),
+    };
+    let fd = rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err)?;
+    mount_setattr(
+        fd.as_fd(),
+        libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        0,
+    )
+    .map_err(err)
+}
+
 /// Mount points at or below `dir`, deepest first.
-pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>, ShareError> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(ShareError::MountInfo)?;
+pub fn mounts_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     Ok(mount_points_under(&info, dir))
 }
 
@@ -114,62 +252,5 @@ fn unescape_octal(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Detaches every mount at or below `dir`, deepest first. Stacked mounts
-/// on one point are all removed.
-pub fn unmount_tree(dir: &Path) -> Result<(), ShareError> {
-    loop {
-        let points = mounts_under(dir)?;
-        if points.is_empty() {
-            return Ok(());
-        }
-        for path in points {
-            match umount2(&path, MntFlags::MNT_DETACH) {
-                Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-                Err(err) => return Err(ShareError::Unmount { path, err }),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MOUNTINFO: &str = "\
-22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
-30 22 0:25 / /run rw shared:5 - tmpfs tmpfs rw
-40 30 0:40 / /run/skiff/sbs/p1/shared/c1/rootfs rw - overlay overlay rw
-41 40 8:1 /etc/hosts /run/skiff/sbs/p1/shared/c1/mounts/0 rw - ext4 /dev/sda1 rw
-42 30 8:1 /x /run/skiff/sbs/p1/shared/with\\040space rw - ext4 /dev/sda1 rw
-43 30 8:1 /x /run/skiff/sbs/p10/shared rw - ext4 /dev/sda1 rw
-";
-
-    #[test]
-    fn mounts_below_a_directory_come_deepest_first_and_unescaped() {
-        let points = mount_points_under(MOUNTINFO, Path::new("/run/skiff/sbs/p1"));
-        assert_eq!(
-            points,
-            vec![
-                PathBuf::from("/run/skiff/sbs/p1/shared/c1/mounts/0"),
-                PathBuf::from("/run/skiff/sbs/p1/shared/c1/rootfs"),
-                PathBuf::from("/run/skiff/sbs/p1/shared/with space"),
-            ]
-        );
-    }
-
-    #[test]
-    fn octal_escapes_and_stray_backslashes() {
-        assert_eq!(unescape_octal("a\\040b\\134c"), "a b\\c");
-        assert_eq!(unescape_octal("tail\\04"), "tail\\04");
-        assert_eq!(unescape_octal("x\\999"), "x\\999");
-    }
-
-    #[test]
-    fn missing_bind_source_is_named() {
-        let err = bind(Path::new("/nonexistent/src"), Path::new("/tmp/x"), false).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "bind source /nonexistent/src does not exist"
-        );
-    }
-}
+mod tests;
