@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -96,7 +97,13 @@ impl SandboxState {
         let path = dir.join(STATE_FILE);
         let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
         let json = serde_json::to_vec_pretty(self).expect("state serialises");
-        let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
         file.write_all(&json).map_err(io_err("write", &tmp))?;
         file.sync_all().map_err(io_err("sync", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
@@ -168,6 +175,12 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(STATE_FILE)]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(STATE_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
