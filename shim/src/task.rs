@@ -299,20 +299,25 @@ impl Inner {
             .ok_or_else(|| invalid(&"the OCI spec has no root"))?;
 
         let mounted_rootfs = !req.rootfs.is_empty();
-        for m in &req.rootfs {
-            containerd_shim::mount::mount_rootfs(
-                Some(&m.type_),
-                Some(&m.source),
-                &m.options,
-                &root,
-            )
-            .map_err(|e| internal(format!("mount rootfs on {}: {e}", root.display())))?;
-        }
         let undo_rootfs = || {
             if mounted_rootfs {
                 let _ = containerd_shim::mount::umount_recursive(root.to_str(), libc::MNT_DETACH);
             }
         };
+        let mounted = req.rootfs.iter().try_for_each(|m| {
+            containerd_shim::mount::mount_rootfs(Some(&m.type_), Some(&m.source), &m.options, &root)
+                .map_err(|e| internal(format!("mount rootfs on {}: {e}", root.display())))
+        });
+        // The guest writes this tree through the share: the host must
+        // never honour a setuid file or device node it made there.
+        let mounted = mounted.and_then(|()| match mounted_rootfs {
+            true => skiff_runtime::share::harden_mount(&root).map_err(|e| internal(e.to_string())),
+            false => Ok(()),
+        });
+        if let Err(e) = mounted {
+            undo_rootfs();
+            return Err(e);
+        }
         if !root.is_dir() {
             undo_rootfs();
             return Err(invalid(&format!(
