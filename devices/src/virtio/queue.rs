@@ -119,7 +119,9 @@ pub fn drain<M: GuestMemory>(
             interrupt.fail(&e);
             break;
         }
+        let mut popped = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            popped = true;
             let head = chain.head_index();
             let len = serve(chain);
             if let Err(e) = queue.add_used(mem, head, len) {
@@ -138,7 +140,13 @@ pub fn drain<M: GuestMemory>(
         match queue.enable_notification(mem) {
             // The index was checked: "more" is real work, or a nonsense
             // index written meanwhile, which the next round catches.
-            Ok(true) => continue,
+            Ok(true) if popped => continue,
+            // More reported, yet nothing could be popped (a ring entry
+            // virtio-queue cannot read): broken, not busy.
+            Ok(true) => {
+                interrupt.fail(&"the driver reports chains the device cannot read");
+                break;
+            }
             Ok(false) => break,
             Err(e) => {
                 interrupt.fail(&format_args!("cannot enable notifications: {e}"));
@@ -234,6 +242,31 @@ mod tests {
         assert_eq!(served, SIZE);
         assert_eq!(kick.read().unwrap(), 1);
         assert!(!interrupt.needs_reset());
+    }
+
+    #[test]
+    fn a_queue_that_reports_chains_it_cannot_yield_fails_instead_of_spinning() {
+        // An avail ring whose entries lie past the end of guest memory (a
+        // queue the transport would refuse, handed over directly): the
+        // index reads, the entries do not, virtio-queue pops nothing.
+        let mem: GuestMemoryMmap =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut q = Queue::new(SIZE).unwrap();
+        q.set_desc_table_address(Some(DESC as u32), Some(0));
+        q.set_avail_ring_address(Some(0x10_0000 - 4), Some(0));
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_ready(true);
+        mem.write_obj(1u16, GuestAddress(0x10_0000 - 2)).unwrap();
+        let interrupt = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let notify = drain(&mut q, &mem, &interrupt, None, |_| 0);
+            let _ = tx.send((notify, interrupt.needs_reset()));
+        });
+        let (notify, needs_reset) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("drain spun");
+        assert!(!notify && needs_reset);
     }
 
     #[test]
