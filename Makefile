@@ -7,7 +7,7 @@ GUEST := build/guest
 CARGO ?= cargo
 VM_RUN := target/release/vm-run
 
-.PHONY: all guest kernel initramfs agent-initramfs build test test-deps unit-test demo bench clean rust
+.PHONY: all guest kernel initramfs agent-initramfs build test test-deps unit-test demo bench fuzz clean rust
 
 all: build guest
 
@@ -42,6 +42,12 @@ test: test-deps build guest
 # A container in a Skiff sandbox through a private containerd.
 demo: build guest
 	scripts/demo.sh
+
+# Every fuzz target for FUZZ_SECONDS each (scripts/fuzz.sh); `make test`
+# replays their corpus and past findings in seconds.
+FUZZ_SECONDS ?= 60
+fuzz: rust
+	@for t in virtio_fs virtio_blk virtio_net vsock mmio; do scripts/fuzz.sh $$t $(FUZZ_SECONDS) || exit 1; done
 
 bench: build guest
 	scripts/bench_boot.py
