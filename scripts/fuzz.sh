@@ -102,8 +102,8 @@ for f in "$work/out"/crash-* "$work/out"/timeout-* "$work/out"/oom-* "$work/out"
 	found=1
 done
 
-execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$fuzzlog" | tail -n 1 | awk '{print $2}')
-rate=$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$fuzzlog" | tail -n 1 | awk '{print $2}')
+execs=$(grep -oE 'stat::number_of_executed_units:[[:space:]]*[0-9]+' "$fuzzlog" | tail -n 1 | awk '{print $2}')
+rate=$(grep -oE 'stat::average_exec_per_sec:[[:space:]]*[0-9]+' "$fuzzlog" | tail -n 1 | awk '{print $2}')
 cov=$(grep -E '^#[0-9]+[[:space:]].*cov: ' "$fuzzlog" | tail -n 1)
 echo "fuzz $target: ${execs:-?} executions in ${seconds}s (${rate:-?}/s)"
 echo "fuzz $target: last status: ${cov:-none}"

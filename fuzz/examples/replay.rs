@@ -5,7 +5,10 @@
 fn main() {
     let mut args = std::env::args().skip(1);
     let Some(target) = args.next() else {
-        eprintln!("usage: replay TARGET FILE... (targets: {:?})", skiff_fuzz::TARGETS);
+        eprintln!(
+            "usage: replay TARGET FILE... (targets: {:?})",
+            skiff_fuzz::TARGETS
+        );
         std::process::exit(2);
     };
     for file in args {

@@ -49,7 +49,9 @@ fn fresh_image() {
         .write(true)
         .open(image())
         .expect("image");
-    let pattern: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 ^ (i >> 9)) as u8).collect();
+    let pattern: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i * 7 ^ (i >> 9)) as u8)
+        .collect();
     std::os::unix::fs::FileExt::write_all_at(&file, &pattern, 0).expect("image data");
     file.set_len(DISK_SIZE).expect("image size");
 }
@@ -124,7 +126,10 @@ pub fn run(data: &[u8]) {
             guest.check_used(0, &before, "virtio_blk");
         }
         let size = std::fs::metadata(image()).map(|m| m.len()).unwrap_or(0);
-        assert_eq!(size, DISK_SIZE, "virtio_blk: the guest changed the image's size");
+        assert_eq!(
+            size, DISK_SIZE,
+            "virtio_blk: the guest changed the image's size"
+        );
     }
     fds.finish();
 }

@@ -100,7 +100,11 @@ fn env() -> &'static Env {
 fn fresh_share(env: &Env) {
     let _ = std::fs::remove_dir_all(&env.share);
     std::fs::create_dir_all(env.share.join("dir")).expect("share");
-    std::fs::write(env.share.join("file"), b"hello from the share\n".repeat(200)).expect("file");
+    std::fs::write(
+        env.share.join("file"),
+        b"hello from the share\n".repeat(200),
+    )
+    .expect("file");
     std::fs::write(env.share.join("dir/inner"), b"inner\n").expect("inner");
     std::os::unix::fs::symlink("../outside/secret", env.share.join("link")).expect("link");
     std::os::unix::fs::symlink(env.outside.join("secret"), env.share.join("abs")).expect("abs");
@@ -370,7 +374,11 @@ fn reply(guest: &Guest, st: &mut State, p: &Pending, used: u32) {
         "virtio_fs: opcode {} unique {} -> used {used}, reply len {len} error {error}{}",
         p.opcode,
         p.unique,
-        if unique != p.unique { " (not its reply)" } else { "" }
+        if unique != p.unique {
+            " (not its reply)"
+        } else {
+            ""
+        }
     );
     if unique != p.unique {
         return; // the buffers were reused or overwritten since
@@ -495,18 +503,49 @@ static OPS: [Op; 45] = [
     op(LOOKUP, 0, &[], 1, ENTRY_OUT),
     op(FORGET, 8, &[F::Size(0)], 0, 0),
     op(GETATTR, 16, &[F::Word(0), F::Fh(8)], 0, 104),
-    op(SETATTR, 88, &[F::Word(0), F::Fh(8), F::Off(16), F::Mode(68), F::Word(76), F::Word(80)], 0, 104),
+    op(
+        SETATTR,
+        88,
+        &[
+            F::Word(0),
+            F::Fh(8),
+            F::Off(16),
+            F::Mode(68),
+            F::Word(76),
+            F::Word(80),
+        ],
+        0,
+        104,
+    ),
     op(READLINK, 0, &[], 0, 256),
     op(SYMLINK, 0, &[], 2, ENTRY_OUT),
-    op(MKNOD, 16, &[F::Mode(0), F::Word(4), F::Word(8)], 1, ENTRY_OUT),
+    op(
+        MKNOD,
+        16,
+        &[F::Mode(0), F::Word(4), F::Word(8)],
+        1,
+        ENTRY_OUT,
+    ),
     op(MKDIR, 8, &[F::Mode(0), F::Word(4)], 1, ENTRY_OUT),
     op(UNLINK, 0, &[], 1, 0),
     op(RMDIR, 0, &[], 1, 0),
     op(RENAME, 8, &[F::Node(0)], 2, 0),
     op(LINK, 8, &[F::Node(0)], 1, ENTRY_OUT),
     op(OPEN, 8, &[F::Flags(0), F::Word(4)], 0, 16),
-    op(READ, 40, &[F::Fh(0), F::Off(8), F::Size(16), F::Word(20), F::Flags(32)], 0, 4096),
-    op(WRITE, 40, &[F::Fh(0), F::Off(8), F::Word(20), F::Flags(32)], 0, 8),
+    op(
+        READ,
+        40,
+        &[F::Fh(0), F::Off(8), F::Size(16), F::Word(20), F::Flags(32)],
+        0,
+        4096,
+    ),
+    op(
+        WRITE,
+        40,
+        &[F::Fh(0), F::Off(8), F::Word(20), F::Flags(32)],
+        0,
+        8,
+    ),
     op(STATFS, 0, &[], 0, 80),
     op(RELEASE, 24, &[F::Fh(0), F::Flags(8), F::Word(12)], 0, 0),
     op(FSYNC, 16, &[F::Fh(0), F::Word(8)], 0, 0),
@@ -519,23 +558,85 @@ static OPS: [Op; 45] = [
     op(READDIR, 40, &[F::Fh(0), F::Off(8), F::Size(16)], 0, 4096),
     op(RELEASEDIR, 24, &[F::Fh(0), F::Flags(8)], 0, 0),
     op(FSYNCDIR, 16, &[F::Fh(0), F::Word(8)], 0, 0),
-    op(GETLK, 48, &[F::Fh(0), F::Off(16), F::Off(24), F::Word(32), F::Word(40)], 0, 24),
-    op(SETLK, 48, &[F::Fh(0), F::Off(16), F::Off(24), F::Word(32), F::Word(40)], 0, 0),
-    op(SETLKW, 48, &[F::Fh(0), F::Off(16), F::Off(24), F::Word(32), F::Word(40)], 0, 0),
+    op(
+        GETLK,
+        48,
+        &[F::Fh(0), F::Off(16), F::Off(24), F::Word(32), F::Word(40)],
+        0,
+        24,
+    ),
+    op(
+        SETLK,
+        48,
+        &[F::Fh(0), F::Off(16), F::Off(24), F::Word(32), F::Word(40)],
+        0,
+        0,
+    ),
+    op(
+        SETLKW,
+        48,
+        &[F::Fh(0), F::Off(16), F::Off(24), F::Word(32), F::Word(40)],
+        0,
+        0,
+    ),
     op(ACCESS, 8, &[F::Word(0)], 0, 0),
-    op(CREATE, 16, &[F::Flags(0), F::Mode(4), F::Word(8)], 1, ENTRY_OUT + 16),
+    op(
+        CREATE,
+        16,
+        &[F::Flags(0), F::Mode(4), F::Word(8)],
+        1,
+        ENTRY_OUT + 16,
+    ),
     op(INTERRUPT, 8, &[F::Off(0)], 0, 0),
     op(BMAP, 16, &[F::Off(0), F::Size(8)], 0, 8),
     op(DESTROY, 0, &[], 0, 0),
-    op(IOCTL, 32, &[F::Fh(0), F::Word(8), F::Word(12), F::Size(24), F::Size(28)], 0, 32),
+    op(
+        IOCTL,
+        32,
+        &[F::Fh(0), F::Word(8), F::Word(12), F::Size(24), F::Size(28)],
+        0,
+        32,
+    ),
     op(POLL, 24, &[F::Fh(0), F::Word(16)], 0, 8),
     op(BATCH_FORGET, 8, &[F::Size(0)], 0, 0),
-    op(FALLOCATE, 32, &[F::Fh(0), F::Off(8), F::Len(16), F::Word(24)], 0, 0),
-    op(READDIRPLUS, 40, &[F::Fh(0), F::Off(8), F::Size(16)], 0, 4096),
+    op(
+        FALLOCATE,
+        32,
+        &[F::Fh(0), F::Off(8), F::Len(16), F::Word(24)],
+        0,
+        0,
+    ),
+    op(
+        READDIRPLUS,
+        40,
+        &[F::Fh(0), F::Off(8), F::Size(16)],
+        0,
+        4096,
+    ),
     op(RENAME2, 16, &[F::Node(0), F::Word(8)], 2, 0),
     op(LSEEK, 24, &[F::Fh(0), F::Off(8), F::Word(16)], 0, 16),
-    op(COPY_FILE_RANGE, 56, &[F::Fh(0), F::Off(8), F::Node(16), F::Fh(24), F::Off(32), F::Len(40), F::Word(48)], 0, 8),
-    op(SETUPMAPPING, 40, &[F::Fh(0), F::Off(8), F::Len(16), F::Word(24), F::Off(32)], 0, 0),
+    op(
+        COPY_FILE_RANGE,
+        56,
+        &[
+            F::Fh(0),
+            F::Off(8),
+            F::Node(16),
+            F::Fh(24),
+            F::Off(32),
+            F::Len(40),
+            F::Word(48),
+        ],
+        0,
+        8,
+    ),
+    op(
+        SETUPMAPPING,
+        40,
+        &[F::Fh(0), F::Off(8), F::Len(16), F::Word(24), F::Off(32)],
+        0,
+        0,
+    ),
 ];
 
 const _: () = assert!(REMOVEMAPPING == 49);
@@ -775,7 +876,11 @@ fn request(guest: &mut Guest, st: &mut State, inp: &mut Input) {
     st.unique += 1;
     let unique = st.unique;
     let total = IN_HEADER + body.len();
-    let len = if shape & 2 != 0 { inp.u32() } else { total as u32 };
+    let len = if shape & 2 != 0 {
+        inp.u32()
+    } else {
+        total as u32
+    };
     let mut msg = Vec::with_capacity(total);
     msg.extend_from_slice(&len.to_le_bytes());
     msg.extend_from_slice(&opcode.to_le_bytes());
@@ -973,7 +1078,14 @@ pub mod seed {
     /// SETATTR of `node`: `valid` bits, mode and size.
     pub fn setattr(s: &mut Seed, node: u8, valid: u32, mode: u32, size: u64) {
         request(s, SETATTR, node);
-        s.u32(valid).u8(0xf0).u8(3).u64(size).u8(2).u32(mode).u32(0).u32(0);
+        s.u32(valid)
+            .u8(0xf0)
+            .u8(3)
+            .u64(size)
+            .u8(2)
+            .u32(mode)
+            .u32(0)
+            .u32(0);
         end(s);
         process(s);
     }

@@ -158,7 +158,8 @@ impl Guest {
     /// the end of memory.
     pub fn alloc(&mut self, len: u64) -> u64 {
         let addr = self.heap.alloc_wrapping(len).unwrap_or(HEAP_START);
-        self.recent.push((addr, len.min(u64::from(u32::MAX)) as u32));
+        self.recent
+            .push((addr, len.min(u64::from(u32::MAX)) as u32));
         if self.recent.len() > RECENT {
             self.recent.remove(0);
         }
@@ -311,7 +312,10 @@ impl Guest {
             hostile |= chain
                 .iter()
                 .any(|b| b.is_write() && self.hits_a_ring(b.addr, u64::from(b.len)));
-            let writable = chain.iter().filter(|b| b.is_write()).map(|b| u64::from(b.len));
+            let writable = chain
+                .iter()
+                .filter(|b| b.is_write())
+                .map(|b| u64::from(b.len));
             map.insert(head, writable.sum());
         }
         Bounds(map, hostile)
@@ -374,7 +378,10 @@ pub mod seed {
     /// `tag::RAW_CHAIN` on queue `q`: (write, len, fresh heap buffer)
     /// each, offered once.
     pub fn raw_chain(s: &mut Seed, q: u8, bufs: &[(bool, u32)], indirect: bool) {
-        s.u8(tag::RAW_CHAIN).u8(q).u8((bufs.len() - 1) as u8).u8(indirect.into());
+        s.u8(tag::RAW_CHAIN)
+            .u8(q)
+            .u8((bufs.len() - 1) as u8)
+            .u8(indirect.into());
         for &(write, len) in bufs {
             s.u8(write.into()).u8(2).u32(len).u8(addr::HEAP);
         }
@@ -391,7 +398,12 @@ pub mod seed {
 
     /// One descriptor at `index`, its buffer at a raw address.
     pub fn raw_desc(s: &mut Seed, q: u8, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        s.u8(tag::RAW_DESC).u8(q).u16(index).u32(len).u8(super::addr::RAW).u64(addr);
+        s.u8(tag::RAW_DESC)
+            .u8(q)
+            .u16(index)
+            .u32(len)
+            .u8(super::addr::RAW)
+            .u64(addr);
         s.u16(flags).u16(next);
     }
 

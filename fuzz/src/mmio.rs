@@ -139,7 +139,10 @@ impl VirtioDevice for Stub {
     }
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        assert!(!log.active, "mmio: the stub was activated twice without a reset");
+        assert!(
+            !log.active,
+            "mmio: the stub was activated twice without a reset"
+        );
         assert_eq!(
             a.queues.len(),
             self.sizes.len(),
@@ -162,7 +165,10 @@ impl VirtioDevice for Stub {
                 size.is_power_of_two() && size <= max,
                 "mmio: queue {q} handed over with size {size} (max {max})"
             );
-            assert!(!rings_overlap(queue), "mmio: queue {q} handed over with overlapping rings");
+            assert!(
+                !rings_overlap(queue),
+                "mmio: queue {q} handed over with overlapping rings"
+            );
         }
         log.active = true;
         log.activations += 1;
@@ -253,7 +259,11 @@ impl Bus {
             match offset {
                 reg::QUEUE_SEL => self.sel = v,
                 reg::QUEUE_AVAIL_LOW | reg::QUEUE_AVAIL_HIGH => {
-                    let shift = if offset == reg::QUEUE_AVAIL_LOW { 0 } else { 32 };
+                    let shift = if offset == reg::QUEUE_AVAIL_LOW {
+                        0
+                    } else {
+                        32
+                    };
                     if let Some(a) = self.avail.get_mut(self.sel as usize) {
                         *a = (*a & !(0xffff_ffffu64 << shift)) | (u64::from(v) << shift);
                     }
@@ -463,7 +473,9 @@ pub mod seed {
     /// Bring-up with `features`, each queue at the device's maximum size
     /// (`small`: 16 at most) and sane addresses (`zero_addrs`: none given).
     pub fn bring_up(s: &mut Seed, queues: usize, features: u32, small: bool, zero_addrs: bool) {
-        s.u8(BRING_UP).u32(features).u8(if zero_addrs { 2 } else { 0 });
+        s.u8(BRING_UP)
+            .u32(features)
+            .u8(if zero_addrs { 2 } else { 0 });
         for _ in 0..queues {
             s.u8(u8::from(small));
         }

@@ -157,12 +157,17 @@ struct Seen {
 fn check(guest: &mut Guest, seen: &mut Seen, before: [crate::guest::Bounds; 2]) {
     let [rx_before, tx_before] = before;
     for u in guest.check_used(TX_QUEUE, &tx_before, "virtio_net TX") {
-        assert_eq!(u.len, 0, "virtio_net: a TX chain came back with length {}", u.len);
+        assert_eq!(
+            u.len, 0,
+            "virtio_net: a TX chain came back with length {}",
+            u.len
+        );
         seen.tx_used += 1;
     }
     for u in guest.check_used(RX_QUEUE, &rx_before, "virtio_net RX") {
         assert!(
-            u.len == 0 || (u.len as usize >= NET_HDR_LEN && u.len as usize <= NET_HDR_LEN + MAX_FRAME_LEN),
+            u.len == 0
+                || (u.len as usize >= NET_HDR_LEN && u.len as usize <= NET_HDR_LEN + MAX_FRAME_LEN),
             "virtio_net: an RX chain came back with length {}",
             u.len
         );

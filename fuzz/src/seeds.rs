@@ -157,7 +157,15 @@ fn fs_seeds() -> Vec<(&'static str, Seed)> {
     f::end(&mut s);
     f::process(&mut s);
     f::request(&mut s, fs::COPY_FILE_RANGE, 1);
-    s.u8(0).u8(0).u8(1).u8(0).u8(2).u16(4096).u8(2).u16(100).u32(0);
+    s.u8(0)
+        .u8(0)
+        .u8(1)
+        .u8(0)
+        .u8(2)
+        .u16(4096)
+        .u8(2)
+        .u16(100)
+        .u32(0);
     f::end(&mut s);
     f::process(&mut s);
     v.push(("fallocate-lseek-copy", s));
@@ -202,7 +210,14 @@ fn fs_seeds() -> Vec<(&'static str, Seed)> {
     for _ in 0..8 {
         f::open(&mut s, 1, libc::O_RDONLY, false);
     }
-    for name in [b"dir" as &[u8], b"link", b"abs", b"dirlink", b"dir", b"file"] {
+    for name in [
+        b"dir" as &[u8],
+        b"link",
+        b"abs",
+        b"dirlink",
+        b"dir",
+        b"file",
+    ] {
         f::lookup(&mut s, 0, name);
     }
     v.push(("limits", s));
@@ -234,10 +249,22 @@ fn fs_seeds() -> Vec<(&'static str, Seed)> {
     // Unknown opcodes (finding 7) and a header that lies about its length.
     let mut s = fs_start(false);
     for code in [0u32, 7, 19, 50, 4096] {
-        s.u8(fs::REQUEST).u8(1).u8(0xff).u32(code).u8(0).u8(0).u8(0).u8(0);
+        s.u8(fs::REQUEST)
+            .u8(1)
+            .u8(0xff)
+            .u32(code)
+            .u8(0)
+            .u8(0)
+            .u8(0)
+            .u8(0);
         f::end(&mut s);
     }
-    s.u8(fs::REQUEST).u8(1).u8(fs::op_index(fs::LOOKUP)).u8(2).u8(0).u8(0);
+    s.u8(fs::REQUEST)
+        .u8(1)
+        .u8(fs::op_index(fs::LOOKUP))
+        .u8(2)
+        .u8(0)
+        .u8(0);
     f::name(&mut s, b"file");
     s.u32(100_000);
     f::end(&mut s);
@@ -263,51 +290,84 @@ fn blk_seeds() -> Vec<(&'static str, Seed)> {
             b::request(s, 0, 4, &[3]);
         }),
     ));
-    v.push(("flush-getid", one(false, false, &|s| {
-        b::request(s, 2, 0, &[]);
-        b::request(s, 3, 0, &[1]);
-    })));
+    v.push((
+        "flush-getid",
+        one(false, false, &|s| {
+            b::request(s, 2, 0, &[]);
+            b::request(s, 3, 0, &[1]);
+        }),
+    ));
     v.push(("discard", one(false, true, &|s| b::request(s, 4, 0, &[]))));
-    v.push(("write-zeroes", one(false, true, &|s| b::request(s, 5, 0, &[]))));
-    v.push(("discard-unnegotiated", one(false, false, &|s| b::request(s, 4, 0, &[]))));
-    v.push(("read-only-write", one(true, false, &|s| b::request(s, 1, 0, &[1]))));
-    v.push(("read-past-end", one(false, false, &|s| {
-        let mut r = Seed::new();
-        r.u8(crate::blk::REQUEST).u8(0).u8(3).u8(1).u8(0).u8(1);
-        r.u8(0).u8(8).u8(1).u8(addr::HEAP).u8(0).u8(1);
-        s.bytes(&r.0);
-    })));
-    v.push(("many-segments", one(false, false, &|s| b::request(s, 0, 0, &[1, 1, 1, 1]))));
+    v.push((
+        "write-zeroes",
+        one(false, true, &|s| b::request(s, 5, 0, &[])),
+    ));
+    v.push((
+        "discard-unnegotiated",
+        one(false, false, &|s| b::request(s, 4, 0, &[])),
+    ));
+    v.push((
+        "read-only-write",
+        one(true, false, &|s| b::request(s, 1, 0, &[1])),
+    ));
+    v.push((
+        "read-past-end",
+        one(false, false, &|s| {
+            let mut r = Seed::new();
+            r.u8(crate::blk::REQUEST).u8(0).u8(3).u8(1).u8(0).u8(1);
+            r.u8(0).u8(8).u8(1).u8(addr::HEAP).u8(0).u8(1);
+            s.bytes(&r.0);
+        }),
+    ));
+    v.push((
+        "many-segments",
+        one(false, false, &|s| b::request(s, 0, 0, &[1, 1, 1, 1])),
+    ));
     // Finding 2: a nonsense avail index, then a valid request.
-    v.push(("nonsense-avail-idx", one(false, false, &|s| {
-        b::request(s, 0, 0, &[1]);
-        g::avail_idx(s, 0, 0x8000);
-        b::process(s);
-        b::request(s, 0, 0, &[1]);
-    })));
+    v.push((
+        "nonsense-avail-idx",
+        one(false, false, &|s| {
+            b::request(s, 0, 0, &[1]);
+            g::avail_idx(s, 0, 0x8000);
+            b::process(s);
+            b::request(s, 0, 0, &[1]);
+        }),
+    ));
     // A data buffer over the used ring.
-    v.push(("data-over-used-ring", one(false, false, &|s| {
-        let mut r = Seed::new();
-        r.u8(crate::blk::REQUEST).u8(0).u8(0).u8(0).u8(0).u8(1);
-        r.u8(0).u8(1).u8(1).u8(addr::RING).u8(0).u8(2).u16(0);
-        r.u8(0).u8(1);
-        s.bytes(&r.0);
-    })));
-    v.push(("raw-chain", one(false, false, &|s| {
-        g::raw_chain(s, 0, &[(false, 16), (true, 512), (true, 1)], false);
-    })));
-    v.push(("descriptor-loop", one(false, false, &|s| {
-        g::raw_desc(s, 0, 0, 0x2_0000, 16, g::NEXT, 1);
-        g::raw_desc(s, 0, 1, 0x2_1000, 512, g::NEXT | g::WRITE, 0);
-        g::offer(s, 0, 0);
-    })));
-    v.push(("indirect-in-indirect", one(false, false, &|s| {
-        g::raw_desc(s, 0, 0, 0x3_0000, 32, g::INDIRECT, 0);
-        g::offer(s, 0, 0);
-        let mut t = Seed::new();
-        t.u64(0x3_0000).u32(32).u16(g::INDIRECT).u16(0);
-        s.u8(tag::POKE).blob(&t.0).u8(addr::RAW).u64(0x3_0000);
-    })));
+    v.push((
+        "data-over-used-ring",
+        one(false, false, &|s| {
+            let mut r = Seed::new();
+            r.u8(crate::blk::REQUEST).u8(0).u8(0).u8(0).u8(0).u8(1);
+            r.u8(0).u8(1).u8(1).u8(addr::RING).u8(0).u8(2).u16(0);
+            r.u8(0).u8(1);
+            s.bytes(&r.0);
+        }),
+    ));
+    v.push((
+        "raw-chain",
+        one(false, false, &|s| {
+            g::raw_chain(s, 0, &[(false, 16), (true, 512), (true, 1)], false);
+        }),
+    ));
+    v.push((
+        "descriptor-loop",
+        one(false, false, &|s| {
+            g::raw_desc(s, 0, 0, 0x2_0000, 16, g::NEXT, 1);
+            g::raw_desc(s, 0, 1, 0x2_1000, 512, g::NEXT | g::WRITE, 0);
+            g::offer(s, 0, 0);
+        }),
+    ));
+    v.push((
+        "indirect-in-indirect",
+        one(false, false, &|s| {
+            g::raw_desc(s, 0, 0, 0x3_0000, 32, g::INDIRECT, 0);
+            g::offer(s, 0, 0);
+            let mut t = Seed::new();
+            t.u64(0x3_0000).u32(32).u16(g::INDIRECT).u16(0);
+            s.u8(tag::POKE).blob(&t.0).u8(addr::RAW).u64(0x3_0000);
+        }),
+    ));
     v
 }
 
@@ -437,7 +497,16 @@ fn vsock_seeds() -> Vec<(&'static str, Seed)> {
     v::step(&mut s, TX);
     v::accept(&mut s);
     for _ in 0..8 {
-        s.u8(crate::vsock::TX_PKT).u8(1).u8(1).u8(1).u8(0).u8(4).u8(1).u8(0).u8(0).u8(0);
+        s.u8(crate::vsock::TX_PKT)
+            .u8(1)
+            .u8(1)
+            .u8(1)
+            .u8(0)
+            .u8(4)
+            .u8(1)
+            .u8(0)
+            .u8(0)
+            .u8(0);
         s.blob(&[0x77; 255]).u8(63).u8(1).u8(0).u8(1);
         v::step(&mut s, TX);
     }
@@ -526,7 +595,10 @@ mod tests {
             assert!(data.len() <= 4096, "{t}/{name} is {} bytes", data.len());
             for (t2, name2, data2) in &seeds[i + 1..] {
                 assert!(t != t2 || name != name2, "{t}/{name} twice");
-                assert!(t != t2 || data != data2, "{t}/{name} and {name2} are the same");
+                assert!(
+                    t != t2 || data != data2,
+                    "{t}/{name} and {name2} are the same"
+                );
             }
         }
     }

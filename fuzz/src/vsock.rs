@@ -234,7 +234,11 @@ fn pick(streams: &mut [UnixStream], i: usize) -> Option<&mut UnixStream> {
 fn check(guest: &mut Guest, before: [crate::guest::Bounds; 2]) {
     let [rx_before, tx_before] = before;
     for u in guest.check_used(TXQ, &tx_before, "vsock TX") {
-        assert_eq!(u.len, 0, "vsock: a TX chain came back with length {}", u.len);
+        assert_eq!(
+            u.len, 0,
+            "vsock: a TX chain came back with length {}",
+            u.len
+        );
     }
     for u in guest.check_used(RXQ, &rx_before, "vsock RX") {
         if u.len == 0 {
@@ -291,8 +295,16 @@ fn port(inp: &mut Input) -> u32 {
 }
 
 fn tx_pkt(guest: &mut Guest, inp: &mut Input) {
-    let src_cid = if inp.below(16) == 0 { inp.u64() } else { GUEST_CID };
-    let dst_cid = if inp.below(16) == 0 { inp.u64() } else { HOST_CID };
+    let src_cid = if inp.below(16) == 0 {
+        inp.u64()
+    } else {
+        GUEST_CID
+    };
+    let dst_cid = if inp.below(16) == 0 {
+        inp.u64()
+    } else {
+        HOST_CID
+    };
     let src_port = port(inp);
     let dst_port = port(inp);
     let op = match inp.below(9) {
