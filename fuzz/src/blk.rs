@@ -50,7 +50,7 @@ fn fresh_image() {
         .open(image())
         .expect("image");
     let pattern: Vec<u8> = (0..64 * 1024u32)
-        .map(|i| (i * 7 ^ (i >> 9)) as u8)
+        .map(|i| ((i * 7) ^ (i >> 9)) as u8)
         .collect();
     std::os::unix::fs::FileExt::write_all_at(&file, &pattern, 0).expect("image data");
     file.set_len(DISK_SIZE).expect("image size");

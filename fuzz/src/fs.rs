@@ -336,6 +336,8 @@ fn process(guest: &mut Guest, dev: &mut Device, st: &mut State, q: usize) {
     dev.server
         .process_queue(&guest.mem, &mut dev.queues[q], &dev.interrupt, None);
     let used = guest.check_used(q, &before, "virtio_fs");
+    // Unless two chains share buffers, no other reply landed on this one's.
+    let alone = !before.shared;
     for u in used {
         let Some(i) = st
             .pending
@@ -345,7 +347,7 @@ fn process(guest: &mut Guest, dev: &mut Device, st: &mut State, q: usize) {
             continue;
         };
         let p = st.pending.remove(i);
-        reply(guest, st, &p, u.len);
+        reply(guest, st, &p, u.len, alone);
     }
     if st.pending.len() > 512 {
         st.pending.drain(..256);
@@ -354,7 +356,7 @@ fn process(guest: &mut Guest, dev: &mut Device, st: &mut State, q: usize) {
 
 /// Reads the reply of `p`, checks its header and learns node ids and
 /// handles from it.
-fn reply(guest: &Guest, st: &mut State, p: &Pending, used: u32) {
+fn reply(guest: &Guest, st: &mut State, p: &Pending, used: u32, alone: bool) {
     let mut bytes = Vec::new();
     for b in &p.reply {
         let want = 256usize.saturating_sub(bytes.len()).min(b.len as usize);
@@ -371,20 +373,21 @@ fn reply(guest: &Guest, st: &mut State, p: &Pending, used: u32) {
     };
     let (len, error, unique) = (u32_at(0), u32_at(4) as i32, u64_at(8).unwrap_or(0));
     crate::trace!(
-        "virtio_fs: opcode {} unique {} -> used {used}, reply len {len} error {error}{}",
+        "virtio_fs: opcode {} unique {} -> used {used}, reply len {len} error {error}{} {:x?}",
         p.opcode,
         p.unique,
         if unique != p.unique {
             " (not its reply)"
         } else {
             ""
-        }
+        },
+        &bytes[..bytes.len().min(32)]
     );
     if unique != p.unique {
         return; // the buffers were reused or overwritten since
     }
     assert!(
-        len == used,
+        len == used || !alone,
         "virtio_fs: opcode {} reply says {len} bytes, the used ring {used}",
         p.opcode
     );
@@ -948,6 +951,9 @@ fn request(guest: &mut Guest, st: &mut State, inp: &mut Input) {
         bufs.push(Buf::readable(req, 8));
     }
     let head = guest.push(q, &bufs, shape & 0x40 != 0);
+    crate::trace!(
+        "virtio_fs: offer head {head} on {q}: opcode {opcode} unique {unique} len {len} bufs {bufs:x?}"
+    );
     st.pending.push(Pending {
         q,
         head,

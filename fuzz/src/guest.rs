@@ -66,12 +66,35 @@ pub struct Guest {
     tainted: Vec<bool>,
 }
 
-/// Writable-byte bounds of the chains on a queue's avail ring, taken
-/// before the device runs (it may rewrite descriptors it was given as
-/// writable buffers), and whether any of those chains lets the device
-/// write over a ring (a guest that does so corrupts its own used ring; the
-/// used-ring checks are then skipped).
-pub struct Bounds(HashMap<u16, u64>, bool);
+/// The chains on a queue's avail ring as they were before the device
+/// ran (it may rewrite descriptors it was given as writable buffers), with
+/// their writable bytes, whether any of them lets the device write over a
+/// ring (a guest that does so corrupts its own used ring; the used-ring
+/// checks are then skipped), and whether two of them share writable bytes
+/// (then what one reply holds may be another's).
+pub struct Bounds {
+    chains: HashMap<u16, (Vec<Desc>, u64)>,
+    hostile: bool,
+    pub shared: bool,
+}
+
+impl Bounds {
+    /// For a device call that serves several queues: a chain on any of
+    /// them that writes over a ring or another's buffers makes all suspect.
+    pub fn share_hostility(all: &mut [Bounds]) {
+        let hostile = all.iter().any(|b| b.hostile);
+        let shared = all.iter().any(|b| b.shared);
+        for b in all {
+            b.hostile = hostile;
+            b.shared = shared;
+        }
+    }
+
+    /// The chain at `head` as the device found it.
+    pub fn chain(&self, head: u16) -> Option<&[Desc]> {
+        self.chains.get(&head).map(|(c, _)| &c[..])
+    }
+}
 
 impl Guest {
     /// Reads the queue setup: one byte of log2 queue size (clamped to each
@@ -157,7 +180,13 @@ impl Guest {
     /// full); one too big for the heap starts at its bottom and runs off
     /// the end of memory.
     pub fn alloc(&mut self, len: u64) -> u64 {
-        let addr = self.heap.alloc_wrapping(len).unwrap_or(HEAP_START);
+        // A buffer of half the heap or more would make every other buffer
+        // start over: it overlaps them instead.
+        let addr = if len > (HEAP_END - HEAP_START) / 2 {
+            HEAP_START
+        } else {
+            self.heap.alloc_wrapping(len).unwrap_or(HEAP_START)
+        };
         self.recent
             .push((addr, len.min(u64::from(u32::MAX)) as u32));
         if self.recent.len() > RECENT {
@@ -301,24 +330,37 @@ impl Guest {
     /// ring; call right before the device runs.
     pub fn bounds(&self, q: usize) -> Bounds {
         let d = &self.queues[q];
-        let mut map = HashMap::new();
+        let size = d.size().max(1);
+        // The chains the device has not returned yet (all of the ring when
+        // the driver's indexes make no sense).
+        let start = d.used_seen();
+        let window = d.avail_idx().wrapping_sub(start).min(size);
+        let mut chains = HashMap::new();
         let mut hostile = false;
-        for slot in 0..d.size() {
-            let head = avail_slot(d, slot);
-            if map.contains_key(&head) {
-                continue;
+        let mut ranges = Vec::new();
+        for i in 0..window {
+            let head = avail_slot(d, start.wrapping_add(i) % size);
+            let chain = chains.entry(head).or_insert_with(|| {
+                let chain = d.chain(head);
+                let writable = chain
+                    .iter()
+                    .filter(|b| b.is_write())
+                    .map(|b| u64::from(b.len))
+                    .sum();
+                (chain, writable)
+            });
+            for b in chain.0.iter().filter(|b| b.is_write() && b.len > 0) {
+                hostile |= self.hits_a_ring(b.addr, u64::from(b.len));
+                ranges.push((b.addr, b.addr.saturating_add(u64::from(b.len))));
             }
-            let chain = d.chain(head);
-            hostile |= chain
-                .iter()
-                .any(|b| b.is_write() && self.hits_a_ring(b.addr, u64::from(b.len)));
-            let writable = chain
-                .iter()
-                .filter(|b| b.is_write())
-                .map(|b| u64::from(b.len));
-            map.insert(head, writable.sum());
         }
-        Bounds(map, hostile)
+        ranges.sort_unstable();
+        let shared = ranges.windows(2).any(|w| w[1].0 < w[0].1);
+        Bounds {
+            chains,
+            hostile,
+            shared,
+        }
     }
 
     /// Checks what the device put on queue `q`'s used ring since the last
@@ -326,7 +368,7 @@ impl Guest {
     /// returned a head outside the ring, more entries than the ring holds,
     /// or a used length above the chain's writable bytes.
     pub fn check_used(&mut self, q: usize, before: &Bounds, what: &str) -> Vec<Used> {
-        if before.1 || self.tainted[q] {
+        if before.hostile || self.tainted[q] {
             self.queues[q].take_used();
             return Vec::new();
         }
@@ -346,10 +388,9 @@ impl Guest {
             );
             let head = u.id as u16;
             let bound = before
-                .0
+                .chains
                 .get(&head)
-                .copied()
-                .unwrap_or(0)
+                .map_or(0, |c| c.1)
                 .max(d.writable_len(head));
             assert!(
                 u64::from(u.len) <= bound,

@@ -363,7 +363,9 @@ pub fn run(data: &[u8]) {
                 NOTIFY => {
                     let q = u32::from(inp.u8()) % (bus.queues as u32 + 1);
                     bus.w32(reg::QUEUE_NOTIFY, q);
-                    if let Some(evt) = bus.t.queue_events().get(q as usize) {
+                    // Only a running device has a worker to take it.
+                    let running = bus.read(reg::STATUS, 4) & 0x44 == 0x04;
+                    if let Some(evt) = bus.t.queue_events().get(q as usize).filter(|_| running) {
                         wait_consumed(evt, Duration::from_millis(20));
                     }
                 }

@@ -232,6 +232,8 @@ fn pick(streams: &mut [UnixStream], i: usize) -> Option<&mut UnixStream> {
 }
 
 fn check(guest: &mut Guest, before: [crate::guest::Bounds; 2]) {
+    let mut before = before;
+    crate::guest::Bounds::share_hostility(&mut before);
     let [rx_before, tx_before] = before;
     for u in guest.check_used(TXQ, &tx_before, "vsock TX") {
         assert_eq!(
@@ -240,13 +242,17 @@ fn check(guest: &mut Guest, before: [crate::guest::Bounds; 2]) {
             u.len
         );
     }
+    let shared = rx_before.shared;
     for u in guest.check_used(RXQ, &rx_before, "vsock RX") {
-        if u.len == 0 {
+        if u.len == 0 || shared {
             continue;
         }
-        // The header, gathered from the chain's writable buffers.
+        // The header, gathered from the chain's writable buffers as the
+        // device found them.
+        let now = guest.queues[RXQ].chain(u.id as u16);
+        let chain = rx_before.chain(u.id as u16).unwrap_or(&now);
         let mut hdr = Vec::with_capacity(HEADER);
-        for d in guest.queues[RXQ].chain(u.id as u16) {
+        for d in chain {
             if d.is_write() && hdr.len() < HEADER {
                 let n = (HEADER - hdr.len()).min(d.len as usize);
                 hdr.extend(read_bytes(&guest.mem, d.addr, n));
