@@ -1096,3 +1096,44 @@ pub mod seed {
         process(s);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_sees_every_change_outside() {
+        let root = crate::scratch("virtio_fs-snapshot-test");
+        let outside = root.join("outside");
+        let _ = std::fs::remove_dir_all(&outside);
+        std::fs::create_dir_all(outside.join("sub")).unwrap();
+        std::fs::write(outside.join("f"), b"one").unwrap();
+        let before = Snapshot::take(&root, &outside);
+        assert_eq!(before, Snapshot::take(&root, &outside));
+
+        std::fs::write(outside.join("f"), b"two").unwrap();
+        assert_ne!(before, Snapshot::take(&root, &outside), "content");
+        std::fs::write(outside.join("f"), b"one").unwrap();
+        std::fs::set_permissions(outside.join("f"), PermissionsExt::from_mode(0o4755)).unwrap();
+        assert_ne!(before, Snapshot::take(&root, &outside), "mode");
+        std::fs::write(outside.join("sub/new"), b"").unwrap();
+        let after = Snapshot::take(&root, &outside);
+        std::fs::write(root.join("next-to-share"), b"").unwrap();
+        assert_ne!(
+            after,
+            Snapshot::take(&root, &outside),
+            "a new entry beside the share"
+        );
+        // Only this test uses the scratch directory in this binary.
+        crate::cleanup();
+    }
+
+    #[test]
+    fn secrets_are_found_anywhere_in_memory() {
+        let mut hay = vec![0u8; 4096];
+        assert!(!contains(&hay, b"SKIFF-SECRET"));
+        hay[4090 - 12..4090].copy_from_slice(b"SKIFF-SECRET");
+        assert!(contains(&hay, b"SKIFF-SECRET"));
+        assert!(!contains(&hay, b""));
+    }
+}
