@@ -954,6 +954,10 @@ fn request(guest: &mut Guest, st: &mut State, inp: &mut Input) {
     crate::trace!(
         "virtio_fs: offer head {head} on {q}: opcode {opcode} unique {unique} len {len} bufs {bufs:x?}"
     );
+    // A head names one outstanding chain: an older request on the same
+    // head (never answered, or its used entry was not seen) is no longer
+    // what the device will answer for it.
+    st.pending.retain(|p| !(p.q == q && p.head == head));
     st.pending.push(Pending {
         q,
         head,

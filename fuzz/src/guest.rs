@@ -368,7 +368,13 @@ impl Guest {
     /// returned a head outside the ring, more entries than the ring holds,
     /// or a used length above the chain's writable bytes.
     pub fn check_used(&mut self, q: usize, before: &Bounds, what: &str) -> Vec<Used> {
-        if before.hostile || self.tainted[q] {
+        // A device write through a buffer over a ring can land on this used
+        // ring's index: from then on the index says nothing about what the
+        // device published, until a reset.
+        if before.hostile {
+            self.tainted[q] = true;
+        }
+        if self.tainted[q] {
             self.queues[q].take_used();
             return Vec::new();
         }

@@ -10,6 +10,15 @@ use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// The targets check that the process's fd count is back where it was
+/// after each input: no other test of this binary may open files while
+/// they run, so the tests take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn inputs(target: &str) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
@@ -85,6 +94,7 @@ fn replay(target: &'static str) -> Vec<String> {
 /// scratch directory, which goes once they are done.
 #[test]
 fn corpus_and_regressions_replay() {
+    let _serial = serial();
     let mut failures = Vec::new();
     for target in skiff_fuzz::TARGETS {
         failures.extend(replay(target));
@@ -105,6 +115,7 @@ fn corpus_and_regressions_replay() {
 fn seeds_in_the_corpus_are_current() {
     // Every seed the crate writes is committed as it is written now, so
     // the corpus follows the decoders when they change.
+    let _serial = serial();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     let mut stale = Vec::new();
     for (target, name, data) in skiff_fuzz::seeds::all() {

@@ -480,6 +480,40 @@ mod tests {
     }
 
     #[test]
+    fn a_second_init_over_split_buffers_reports_what_it_wrote() {
+        let mut s = setup();
+        let init = fuse_backend_rs::abi::fuse_abi::InitIn {
+            major: 7,
+            minor: 31,
+            max_readahead: 0,
+            flags: 0,
+        };
+        let header = s.driver.header(
+            Opcode::Init as u32,
+            0,
+            size_of::<fuse_backend_rs::abi::fuse_abi::InitIn>(),
+        );
+        let mut req = header.as_slice().to_vec();
+        req.extend_from_slice(init.as_slice());
+        let req = s.driver.put(&req);
+        let bufs: Vec<u64> = (0..3).map(|_| s.driver.alloc(48)).collect();
+        let mut chain = vec![Buf {
+            addr: req,
+            len: header.len,
+            write: false,
+        }];
+        chain.extend(bufs.iter().map(|&addr| Buf {
+            addr,
+            len: 48,
+            write: true,
+        }));
+        s.driver.push(&chain);
+        let init_len = (OUT_HEADER_SIZE + size_of::<InitOut>()) as u32;
+        assert_eq!(s.run(), vec![init_len]);
+        assert_eq!(s.driver.out_header(bufs[0]).len, init_len);
+    }
+
+    #[test]
     fn malformed_requests_get_errors_and_serving_goes_on() {
         let mut s = setup();
         let einval = -libc::EINVAL;
