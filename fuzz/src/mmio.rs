@@ -53,31 +53,7 @@ pub const CONFIG: u8 = 5;
 const TAGS: u8 = 6;
 const MAX_ACTIONS: usize = 128;
 
-pub mod reg {
-    pub const MAGIC: u64 = 0x00;
-    pub const VERSION: u64 = 0x04;
-    pub const DEVICE_ID: u64 = 0x08;
-    pub const DEVICE_FEATURES: u64 = 0x10;
-    pub const DEVICE_FEATURES_SEL: u64 = 0x14;
-    pub const DRIVER_FEATURES: u64 = 0x20;
-    pub const DRIVER_FEATURES_SEL: u64 = 0x24;
-    pub const QUEUE_SEL: u64 = 0x30;
-    pub const QUEUE_NUM_MAX: u64 = 0x34;
-    pub const QUEUE_NUM: u64 = 0x38;
-    pub const QUEUE_READY: u64 = 0x44;
-    pub const QUEUE_NOTIFY: u64 = 0x50;
-    pub const INTERRUPT_STATUS: u64 = 0x60;
-    pub const INTERRUPT_ACK: u64 = 0x64;
-    pub const STATUS: u64 = 0x70;
-    pub const QUEUE_DESC_LOW: u64 = 0x80;
-    pub const QUEUE_DESC_HIGH: u64 = 0x84;
-    pub const QUEUE_AVAIL_LOW: u64 = 0x90;
-    pub const QUEUE_AVAIL_HIGH: u64 = 0x94;
-    pub const QUEUE_USED_LOW: u64 = 0xa0;
-    pub const QUEUE_USED_HIGH: u64 = 0xa4;
-    pub const CONFIG_GENERATION: u64 = 0xfc;
-    pub const CONFIG: u64 = 0x100;
-}
+pub use skiff_devices::virtio::mmio_reg as reg;
 
 const REGS: [u64; 24] = [
     reg::MAGIC,

@@ -18,9 +18,11 @@ pub const MMIO_NOTIFY_OFFSET: u64 = 0x50;
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0x5346_4b53; // "SKFS"
-const CONFIG_SPACE: u64 = 0x100;
+const CONFIG_SPACE: u64 = reg::CONFIG;
 
-mod reg {
+/// Register offsets of the virtio-mmio window (virtio 1.2, 4.2.2), for
+/// drivers written against the transport (tests, the fuzz targets).
+pub mod reg {
     pub const MAGIC: u64 = 0x00;
     pub const VERSION: u64 = 0x04;
     pub const DEVICE_ID: u64 = 0x08;
@@ -44,6 +46,8 @@ mod reg {
     pub const QUEUE_USED_LOW: u64 = 0xa0;
     pub const QUEUE_USED_HIGH: u64 = 0xa4;
     pub const CONFIG_GENERATION: u64 = 0xfc;
+    /// Where the device's config space starts.
+    pub const CONFIG: u64 = 0x100;
 }
 
 /// A virtio device behind an MMIO register window.

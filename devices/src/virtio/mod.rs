@@ -23,7 +23,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-pub use mmio::{EmptySlot, MmioTransport, MMIO_NOTIFY_OFFSET, MMIO_REGION_SIZE};
+pub use mmio::{reg as mmio_reg, EmptySlot, MmioTransport, MMIO_NOTIFY_OFFSET, MMIO_REGION_SIZE};
 
 /// Device type IDs (virtio 1.2, 5).
 pub const TYPE_NET: u32 = 1;

@@ -396,7 +396,7 @@ mod tests {
             -1,
         ] {
             let (err, data) = read_handle(&mut s, fh, flags as u32);
-            assert_eq!((err, data.as_slice()), (0, &HELLO[..]), "{flags:#o}");
+            assert_eq!((err, data.as_slice()), (0, HELLO), "{flags:#o}");
         }
         let secret = tempfile_with(b"host secret");
         let (_, data) = read_handle(&mut s, fh, libc::O_PATH as u32);
