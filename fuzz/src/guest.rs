@@ -331,10 +331,12 @@ impl Guest {
     pub fn bounds(&self, q: usize) -> Bounds {
         let d = &self.queues[q];
         let size = d.size().max(1);
-        // The chains the device has not returned yet (all of the ring when
-        // the driver's indexes make no sense).
+        // Every slot of the ring: the device's own position (its next
+        // avail index) is not visible here and can differ from what the
+        // driver has seen come back (an RX device pops ahead, a guest
+        // rewrites its indexes), so a chain in any slot may be served.
         let start = d.used_seen();
-        let window = d.avail_idx().wrapping_sub(start).min(size);
+        let window = size;
         let mut chains = HashMap::new();
         let mut hostile = false;
         let mut ranges = Vec::new();
@@ -368,11 +370,11 @@ impl Guest {
     /// returned a head outside the ring, more entries than the ring holds,
     /// or a used length above the chain's writable bytes.
     pub fn check_used(&mut self, q: usize, before: &Bounds, what: &str) -> Vec<Used> {
-        // A device write through a buffer over a ring can land on this used
-        // ring's index: from then on the index says nothing about what the
-        // device published, until a reset.
+        // A device write through a buffer over a ring can land on any
+        // queue's used index: from then on those indexes say nothing about
+        // what the device published, until a reset.
         if before.hostile {
-            self.tainted[q] = true;
+            self.tainted.iter_mut().for_each(|t| *t = true);
         }
         if self.tainted[q] {
             self.queues[q].take_used();
