@@ -42,8 +42,58 @@ fn busybox_rootfs(dir: &Path) {
     }
 }
 
+/// The first container also sees the whole share at /share, as root in
+/// the guest kernel would: it plants what the host must not follow.
 fn spec(args: &[&str]) -> serde_json::Value {
-    spec_for(CONTAINER, args)
+    let mut spec = spec_for(CONTAINER, args);
+    spec["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/share", "type": "bind", "source": SHARE_IN_GUEST, "options": ["rbind", "rw"]
+    }));
+    spec
+}
+
+/// The guest plants symlinks where the runtime makes a container's bind
+/// targets (`<cid>/mounts/N`, `<cid>/rootfs`), pointing at host paths;
+/// the runtime's share code, run on the host against that real share,
+/// refuses them by name, and nothing is created or mounted outside.
+fn planted_symlinks_are_refused(client: &AgentServiceClient, share: &Path, scratch: &Path) {
+    use skiff_runtime::share::{self, HostDir};
+    let mut exec = ExecProcessRequest::new();
+    exec.container_id = CONTAINER.into();
+    exec.exec_id = "plant".into();
+    exec.oci_process_json = serde_json::to_vec(&json!({
+        "args": ["sh", "-c", "busybox mkdir /share/next && busybox ln -s /etc /share/next/mounts \
+            && busybox ln -s / /share/next/rootfs && echo planted"],
+        "env": ["PATH=/bin"],
+        "cwd": "/",
+        "user": {"uid": 0, "gid": 0}
+    }))
+    .unwrap();
+    client.exec_process(ctx(), &exec).unwrap();
+    assert_eq!(read_until(client, "plant", "\n"), "planted\n");
+    assert_eq!(wait(client, "plant"), 0);
+    assert!(share.join("next/mounts").is_symlink());
+
+    let mountinfo = || std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let before = mountinfo();
+    let root = HostDir::open(share).unwrap();
+    let file = scratch.join("hosts");
+    std::fs::write(&file, "127.0.0.1 localhost\n").unwrap();
+    let dir = scratch.join("rootfs-source");
+    std::fs::create_dir(&dir).unwrap();
+    for (target, source) in [("next/mounts/0", &file), ("next/rootfs", &dir)] {
+        let err = share::bind(&root, Path::new(target), source, false).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("symlink planted in the guest-writable share"),
+            "{target}: {err}"
+        );
+    }
+    assert!(
+        !Path::new("/etc/0").exists(),
+        "a bind target was made in /etc"
+    );
+    assert_eq!(mountinfo(), before, "something was mounted");
 }
 
 fn spec_for(id: &str, args: &[&str]) -> serde_json::Value {
@@ -111,6 +161,7 @@ fn agent_runs_a_container_from_a_virtio_fs_rootfs() {
     let scratch = scratch_dir.0.clone();
     let share = scratch.join("share");
     busybox_rootfs(&share.join(CONTAINER));
+    std::fs::create_dir(share.join(CONTAINER).join("share")).unwrap();
     busybox_rootfs(&share.join(OOM_CONTAINER));
     busybox_rootfs(&share.join(VOLUME_CONTAINER));
     std::fs::create_dir(share.join(VOLUME_CONTAINER).join("data")).unwrap();
@@ -182,6 +233,8 @@ fn agent_runs_a_container_from_a_virtio_fs_rootfs() {
     );
     assert_eq!(wait(&client, "e1"), 0);
     steps.mark("ExecProcess + output + wait");
+    planted_symlinks_are_refused(&client, &share, &scratch);
+    steps.mark("symlinks planted by the guest refused by the runtime's share code");
 
     // Let the init process finish: it reads one line, then exits 0.
     let mut stdin = WriteStreamRequest::new();
