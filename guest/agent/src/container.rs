@@ -200,12 +200,6 @@ impl Container {
             .hostname()
             .clone()
             .filter(|_| ns.unshare.contains(nix::sched::CloneFlags::CLONE_NEWUTS));
-        let sysctl = linux
-            .and_then(|l| l.sysctl().clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (PathBuf::from("/proc/sys").join(k.replace('.', "/")), v))
-            .collect();
         let (io, child_stdio) = stdio::create(setup.terminal)?;
         let (gate_r, gate_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ContainerError::Gate)?;
@@ -225,7 +219,6 @@ impl Container {
             cgroup_procs: Some(procs),
             rootfs: Some(rootfs_plan),
             hostname,
-            sysctl,
             stdio: child_stdio,
             start_gate: Some(File::from(gate_r)),
         };
@@ -346,7 +339,6 @@ impl Container {
             cgroup_procs: Some(procs),
             rootfs: None,
             hostname: None,
-            sysctl: Vec::new(),
             stdio: child_stdio,
             start_gate: None,
         };

@@ -78,6 +78,11 @@ pub struct RootfsPlan {
     pub devices: Vec<DevicePlan>,
     pub masked_paths: Vec<PathBuf>,
     pub readonly_paths: Vec<PathBuf>,
+    /// `linux.sysctl` as (path below /proc/sys, value). Written once the
+    /// new root is in place (so /proc is the container's) and before the
+    /// masked and read-only paths, as runc does: the default spec makes
+    /// /proc/sys read-only, and a sysctl written after that fails.
+    pub sysctl: Vec<(PathBuf, String)>,
 }
 
 /// Everything the child needs, computed before fork.
@@ -95,7 +100,6 @@ pub struct SpawnPlan {
     pub cgroup_procs: Option<File>,
     pub rootfs: Option<RootfsPlan>,
     pub hostname: Option<String>,
-    pub sysctl: Vec<(PathBuf, String)>,
     pub stdio: ChildStdio,
     /// Init only: read end that releases the process at StartContainer.
     pub start_gate: Option<File>,
@@ -245,9 +249,6 @@ fn child_setup(plan: &SpawnPlan, sync: &mut File) -> Result<std::convert::Infall
     }
     if let Some(h) = &plan.hostname {
         sys(|| format!("sethostname {h}"), nix::unistd::sethostname(h))?;
-    }
-    for (path, value) in &plan.sysctl {
-        std::fs::write(path, value).map_err(|e| format!("sysctl {}: {e}", path.display()))?;
     }
     setup_stdio(&plan.stdio)?;
     if let Some(adj) = plan.process.oom_score_adj {
@@ -573,6 +574,9 @@ fn setup_rootfs(p: &RootfsPlan) -> Result<(), String> {
     sys(|| "chdir rootfs".into(), nix::unistd::chdir(&p.rootfs))?;
     switch_root()?;
     sys(|| "chdir /".into(), nix::unistd::chdir("/"))?;
+    for (path, value) in &p.sysctl {
+        std::fs::write(path, value).map_err(|e| format!("sysctl {}: {e}", path.display()))?;
+    }
     for path in &p.masked_paths {
         let r = if path.is_dir() {
             mount(

@@ -53,6 +53,8 @@ pub enum SpecError {
         major: i64,
         minor: i64,
     },
+    #[error("sysctl {0:?}: not a sysctl name (dot- or slash-separated words)")]
+    SysctlName(String),
     #[error("open namespace {path}: {err}")]
     Namespace { path: PathBuf, err: std::io::Error },
     #[error(transparent)]
@@ -241,7 +243,38 @@ pub fn rootfs_plan(spec: &Spec, rootfs: &Path) -> Result<RootfsPlan, SpecError> 
             .into_iter()
             .map(PathBuf::from)
             .collect(),
+        sysctl: linux
+            .and_then(|l| l.sysctl().as_ref())
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| Ok((sysctl_path(k)?, v.clone())))
+            .collect::<Result<Vec<_>, SpecError>>()?,
     })
+}
+
+/// `/proc/sys/...` for a sysctl name: `net.ipv4.ping_group_range`, or with
+/// slashes where a word holds a dot (`net/ipv4/conf/eth0.1/rp_filter`), as
+/// runc accepts. No word may be empty, `.` or `..`, so the path stays
+/// below /proc/sys.
+fn sysctl_path(name: &str) -> Result<PathBuf, SpecError> {
+    let words: Vec<&str> = if name.contains('/') {
+        name.split('/').collect()
+    } else {
+        name.split('.').collect()
+    };
+    let word_ok = |w: &&str| {
+        !w.is_empty()
+            && *w != "."
+            && *w != ".."
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    if !words.iter().all(word_ok) {
+        return Err(SpecError::SysctlName(name.to_string()));
+    }
+    Ok(words
+        .iter()
+        .fold(PathBuf::from("/proc/sys"), |p, w| p.join(w)))
 }
 
 /// A device node of `linux.devices`, made in the container's own /dev
@@ -401,6 +434,32 @@ mod tests {
         );
         let own = vec!["GLIBC_TUNABLES=glibc.malloc.check=3".to_string()];
         assert_eq!(with_boot_tunables(own.clone(), Some("x".into())), own);
+    }
+
+    #[test]
+    fn sysctl_names_stay_below_proc_sys() {
+        let ok = |n: &str| sysctl_path(n).unwrap().display().to_string();
+        assert_eq!(
+            ok("net.ipv4.ping_group_range"),
+            "/proc/sys/net/ipv4/ping_group_range"
+        );
+        assert_eq!(
+            ok("net/ipv4/conf/eth0.1/rp_filter"),
+            "/proc/sys/net/ipv4/conf/eth0.1/rp_filter"
+        );
+        for bad in [
+            "",
+            "net..x",
+            "net/../../etc/passwd",
+            "/net/x",
+            "net.ip v4",
+            "a/./b",
+        ] {
+            assert!(
+                matches!(sysctl_path(bad), Err(SpecError::SysctlName(_))),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]

@@ -449,6 +449,45 @@ fn create_start_io_wait_and_remove() {
     assert!(out.ends_with("wrote\n"), "{out}");
     assert_eq!(a.wait("dev", ""), 0);
     a.remove("dev");
+
+    // linux.sysctl with /proc/sys read-only (containerd 2.x's CRI sends
+    // these two in every pod): written before the read-only paths, so they
+    // take, and /proc/sys is read-only for the process afterwards. In a
+    // network namespace of its own, so the host's values are not touched.
+    let (mut spec, st) = a.spec(
+        "sysctl",
+        &[
+            "sh",
+            "-c",
+            "cat /proc/sys/net/ipv4/ping_group_range /proc/sys/net/ipv4/ip_unprivileged_port_start; \
+             echo 1 2>/dev/null >/proc/sys/net/ipv4/ip_unprivileged_port_start || echo read-only",
+        ],
+    );
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "network"}));
+    spec["linux"]["sysctl"] = json!({
+        "net.ipv4.ping_group_range": "0 2147483647",
+        "net.ipv4.ip_unprivileged_port_start": "0"
+    });
+    assert_eq!(spec["linux"]["readonlyPaths"], json!(["/proc/sys"]));
+    a.create("sysctl", &spec, st).unwrap();
+    a.start("sysctl");
+    let out = a.read_all("sysctl", "", false);
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["0", "2147483647", "0", "read-only"],
+        "{out}"
+    );
+    assert_eq!(a.wait("sysctl", ""), 0);
+    a.remove("sysctl");
+    // A sysctl name that climbs out of /proc/sys is refused at create.
+    let (mut spec, st) = a.spec("badsysctl", &["true"]);
+    spec["linux"]["sysctl"] = json!({"net/../../../etc/hostname": "x"});
+    let (code, msg) = err_msg(a.create("badsysctl", &spec, st));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("not a sysctl name"), "{msg}");
     a.assert_clean();
 }
 
