@@ -7,6 +7,7 @@
 //! The containerd shim (`shim/`) maps the task API onto this crate.
 
 pub mod config;
+pub mod features;
 pub mod network;
 pub mod persist;
 pub mod sandbox;

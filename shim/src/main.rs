@@ -2,13 +2,31 @@
 //! (runtime type `io.containerd.skiff.v2`, task API v2). One shim process
 //! per pod; the pod's VM runs inside it, booted by Skiff's VMM.
 
+mod bootstrap;
+mod info;
 mod logging;
 mod options;
 mod process;
 mod service;
+mod stdin;
 mod task;
 
+use std::io::Write;
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if info::requested(&args) {
+        let answer = info::answer(&stdin::read());
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = out.write_all(&answer).and_then(|_| out.flush()) {
+            eprintln!("{}: write -info answer: {e}", service::RUNTIME_ID);
+            std::process::exit(1);
+        }
+        return;
+    }
+    if containerd_shim::parse(&args).is_ok_and(|f| f.action == "start") {
+        let _ = service::START_REQUEST.set(bootstrap::parse(&stdin::read()));
+    }
     raise_fd_limit();
     let config = containerd_shim::Config {
         // Logs go through `tracing` (logging.rs) to containerd's log pipe.

@@ -75,6 +75,7 @@ impl MountOptions {
                 "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
                 "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
                 "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+                "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
                 "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
                 "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
                 "bind" => {
@@ -270,6 +271,15 @@ pub fn unmount(target: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shim advertises these to containerd as supported.
+    #[test]
+    fn every_advertised_option_is_understood() {
+        for o in skiff_agent_protocol::support::MOUNT_OPTIONS {
+            let parsed = MountOptions::parse(&[o]);
+            assert!(parsed.data.is_empty(), "{o} would be passed as data");
+        }
+    }
 
     #[test]
     fn options_split_into_flags_and_data() {

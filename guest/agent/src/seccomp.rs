@@ -180,6 +180,20 @@ pub fn install(filters: &[BpfProgram]) -> Result<(), SeccompError> {
 mod tests {
     use super::*;
 
+    /// The shim advertises these to containerd as supported.
+    #[test]
+    fn every_advertised_action_and_operator_compiles() {
+        use skiff_agent_protocol::support::{SECCOMP_ACTIONS, SECCOMP_OPERATORS};
+        for name in SECCOMP_ACTIONS {
+            let a: LinuxSeccompAction = serde_json::from_value(json!(name)).unwrap();
+            assert!(action(a, None).is_ok(), "{name}");
+        }
+        for name in SECCOMP_OPERATORS {
+            let o: LinuxSeccompOperator = serde_json::from_value(json!(name)).unwrap();
+            op(o, None);
+        }
+    }
+
     fn profile(json: &str) -> LinuxSeccomp {
         serde_json::from_str(json).unwrap()
     }

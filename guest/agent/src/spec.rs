@@ -436,6 +436,19 @@ mod tests {
         assert_eq!(with_boot_tunables(own.clone(), Some("x".into())), own);
     }
 
+    /// The shim advertises these to containerd as supported.
+    #[test]
+    fn every_advertised_namespace_is_made() {
+        for name in skiff_agent_protocol::support::NAMESPACES {
+            let t: LinuxNamespaceType = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert!(ns_flag(t).is_ok(), "{name}");
+        }
+        for refused in ["user", "time"] {
+            let t: LinuxNamespaceType = serde_json::from_value(serde_json::json!(refused)).unwrap();
+            assert!(ns_flag(t).is_err(), "{refused}");
+        }
+    }
+
     #[test]
     fn sysctl_names_stay_below_proc_sys() {
         let ok = |n: &str| sysctl_path(n).unwrap().display().to_string();

@@ -5,10 +5,13 @@
 //! - [`agent`]: the messages (`CreateContainerRequest`, ...).
 //! - [`agent_ttrpc`]: `AgentServiceClient`, the `AgentService` server trait
 //!   and `create_agent_service` to register an implementation.
+//! - [`support`]: what the agent implements of the OCI runtime spec.
 
 #![allow(clippy::all, unused_qualifications, missing_docs)]
 
 include!(concat!(env!("OUT_DIR"), "/mod.rs"));
+
+pub mod support;
 
 /// Version of the wire protocol, returned by `Version`; bumped on
 /// incompatible changes so the runtime can refuse a mismatched guest image.
