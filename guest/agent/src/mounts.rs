@@ -38,6 +38,9 @@ pub struct MountOptions {
     pub propagation: MsFlags,
     pub bind: bool,
     pub recursive: bool,
+    /// "rro": the mount and every mount below it read-only
+    /// (mount_setattr with AT_RECURSIVE, Linux 5.12+), as runc does.
+    pub recursive_readonly: bool,
     /// Options that are not flags, for the filesystem ("size=64m").
     pub data: Vec<String>,
 }
@@ -50,6 +53,7 @@ impl Default for MountOptions {
             propagation: MsFlags::empty(),
             bind: false,
             recursive: false,
+            recursive_readonly: false,
             data: Vec::new(),
         }
     }
@@ -80,6 +84,10 @@ impl MountOptions {
                 "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
                 "bind" => {
                     o.bind = true;
+                    continue;
+                }
+                "rro" => {
+                    o.recursive_readonly = true;
                     continue;
                 }
                 "rbind" => {

@@ -522,10 +522,50 @@ fn mount_one(m: &MountPlan) -> Result<(), String> {
             ),
         )?;
     }
+    if o.recursive_readonly {
+        recursive_readonly(&m.target).map_err(|e| format!("{} (rro): {e}", what()))?;
+    }
     if m.populate_dev {
         populate_dev(&m.target)?;
     }
     Ok(())
+}
+
+/// Makes the mount at `target` and all mounts below it read-only.
+fn recursive_readonly(target: &std::path::Path) -> std::io::Result<()> {
+    /// `struct mount_attr` of linux/mount.h.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: a valid path string and attr struct, both live for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Makes the current directory the root. pivot_root(2) refuses when the

@@ -488,6 +488,52 @@ fn create_start_io_wait_and_remove() {
     let (code, msg) = err_msg(a.create("badsysctl", &spec, st));
     assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
     assert!(msg.contains("not a sysctl name"), "{msg}");
+
+    // "rro": the bind and the mount below it are both read-only (a plain
+    // "ro" bind leaves submounts writable).
+    let src = a.dir.join("rro-src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    // Mounted in the agent's mount namespace, where the container's
+    // bind is made.
+    let sub = src.join("sub");
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &a.agent_pid().to_string(),
+            "-m",
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "tmpfs",
+        ])
+        .arg(&sub)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (mut spec, st) = a.spec(
+        "rro",
+        &[
+            "sh",
+            "-c",
+            "for f in /mnt/top /mnt/sub/below; do touch $f 2>/dev/null && echo writable || echo read-only; done",
+        ],
+    );
+    spec["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/mnt", "type": "bind", "source": src, "options": ["rbind", "rro"]}),
+    );
+    a.create("rro", &spec, st).unwrap();
+    a.start("rro");
+    assert_eq!(a.read_all("rro", "", false), "read-only\nread-only\n");
+    assert_eq!(a.wait("rro", ""), 0);
+    a.remove("rro");
+    let out = Command::new("nsenter")
+        .args(["-t", &a.agent_pid().to_string(), "-m", "umount"])
+        .arg(&sub)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
     a.assert_clean();
 }
 

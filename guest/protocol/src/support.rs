@@ -25,6 +25,7 @@ pub const MOUNT_OPTIONS: &[&str] = &[
     "relatime",
     "ro",
     "rprivate",
+    "rro",
     "rshared",
     "rslave",
     "runbindable",
