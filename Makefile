@@ -36,8 +36,12 @@ test-deps:
 		. scripts/apt-install.sh && apt_install protobuf-compiler containerd runc busybox-static iputils-ping iproute2 containernetworking-plugins'
 
 # Unit tests need no guest; the integration tests in tests/ boot real ones.
+# The shim and CRI tests also run on each containerd release found beside
+# the work tree (scripts/containerd-releases.sh), unless SKIFF_CONTAINERD_DIRS
+# already names some.
 test: test-deps build guest
-	$(CARGO) test --release --workspace --locked
+	dirs=$${SKIFF_CONTAINERD_DIRS-$$(scripts/containerd-releases.sh)}; \
+		SKIFF_CONTAINERD_DIRS=$$dirs $(CARGO) test --release --workspace --locked
 
 # A container in a Skiff sandbox through a private containerd.
 demo: build guest

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run a private, real containerd (Debian's 1.6) in a directory of its own,
-# for the integration tests and `make demo`: nothing under /var/lib/containerd,
+# Run a private, real containerd in a directory of its own, for the
+# integration tests and `make demo`: nothing under /var/lib/containerd,
 # /run/containerd/containerd.sock or /opt/containerd is used, so it can run
 # next to a system containerd and several can run at once.
 #
@@ -14,12 +14,20 @@
 #       everything under DIR and removes DIR.  Safe to run twice and on a
 #       half-started DIR.
 #
+# Which containerd: the `containerd` and `ctr` in $SKIFF_CONTAINERD_DIR when
+# it is set (e.g. a release unpacked by scripts/containerd-releases.sh),
+# else the system's (Debian 12: 1.6.20, installed if missing).  The config
+# is the one that version reads: `version = 2` for 1.x, `version = 3` for
+# 2.x (whose CRI plugin is split into io.containerd.cri.v1.images and
+# io.containerd.cri.v1.runtime).  2.x keeps its CRI defaults, among them
+# enable_unprivileged_ports/icmp (each pod spec then carries two sysctls).
+#
 # The CRI plugin serves runtime.v1 on the same socket; it uses the k8s.io
 # namespace, so import its images (skiff.local/pause:latest, the sandbox
 # image) with `ctr -a SOCK -n k8s.io images import`.  Runtimes: runc
 # (default) and skiff (io.containerd.skiff.v2).
 #
-# Outside DIR, containerd 1.6 still uses /run/containerd/s (shim sockets),
+# Outside DIR, containerd still uses /run/containerd/s (shim sockets),
 # /run/containerd/fifo (ctr's stdio FIFOs) and /run/containerd/runc/NS for
 # `ctr run` with runc; these are emptied when the tasks are deleted.
 set -euo pipefail
@@ -40,6 +48,15 @@ dir=$(realpath -m -- "$2")
 sock=$dir/containerd.sock
 marker=$dir/.skiff-containerd-private
 timeout=${SKIFF_CONTAINERD_TIMEOUT:-30}
+sandbox_image=skiff.local/pause:latest
+if [ -n "${SKIFF_CONTAINERD_DIR:-}" ]; then
+    containerd_bin=$SKIFF_CONTAINERD_DIR/containerd
+    ctr_bin=$SKIFF_CONTAINERD_DIR/ctr
+else
+    containerd_bin=containerd
+    ctr_bin=ctr
+fi
+ctr() { "$ctr_bin" "$@"; }
 
 # Processes whose argv[0] matches $1 (a glob on the basename) and whose
 # command line contains the string $2.
@@ -109,35 +126,13 @@ mounts_under() {
     done </proc/self/mountinfo | sort -rn | cut -f2-
 }
 
-start() {
-    local extra_path=${1:-}
-    if [ -f "$dir/containerd.pid" ] && [ -n "$(pids_matching containerd "$dir/config.toml")" ]; then
-        die "a containerd already runs in $dir (stop it first: $0 stop $dir)"
-    fi
-    # sun_path holds 107 bytes; the ttrpc socket name is the longest.
-    [ ${#sock} -le 100 ] || die "DIR is too long for a unix socket path: $sock"
-    apt_install containerd runc
-    if ! command -v containerd >/dev/null || ! command -v ctr >/dev/null; then
-        die "containerd or ctr not on PATH after installing containerd"
-    fi
-    if [ -n "$extra_path" ]; then
-        [ -d "$extra_path" ] || die "EXTRA_PATH $extra_path is not a directory"
-        extra_path=$(realpath -- "$extra_path")
-        [ -x "$extra_path/containerd-shim-skiff-v2" ] \
-            || log "note: no containerd-shim-skiff-v2 in $extra_path (runtime skiff will fail)"
-    fi
-
-    mkdir -p "$dir"
-    # The marker lets `stop` remove DIR even if start got no further.
-    touch "$marker"
-    mkdir -p "$dir/root" "$dir/state" "$dir/opt" "$dir/cni/conf" "$dir/runc"
-    cat >"$dir/config.toml" <<EOF
-# Written by scripts/containerd-private.sh; removed by its 'stop'.
-version = 2
+# Settings both config versions share: everything under $dir.
+config_common() {
+    cat <<EOF
 root = "$dir/root"
 state = "$dir/state"
 # Snapshotters that cannot work here; disabled to keep the log quiet.
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+disabled_plugins = [$1]
 
 [grpc]
   address = "$sock"
@@ -150,10 +145,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "$dir/opt"
+EOF
+}
+
+# containerd 1.x.
+config_v2() {
+    echo "# Written by scripts/containerd-private.sh; removed by its 'stop'."
+    echo "version = 2"
+    config_common '"io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"'
+    cat <<EOF
 
 [plugins."io.containerd.grpc.v1.cri"]
   # Local image (no registry is reachable): import it into namespace k8s.io.
-  sandbox_image = "skiff.local/pause:latest"
+  sandbox_image = "$sandbox_image"
   # Pod network namespaces under DIR/state, not /var/run/netns.
   netns_mounts_under_state_dir = true
   # Sandboxes get oom_score_adj -998, which needs CAP_SYS_RESOURCE; hosts
@@ -174,12 +178,83 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.skiff]
       runtime_type = "io.containerd.skiff.v2"
 EOF
+}
+
+# containerd 2.x (it migrates version 3 to its own 4 as it loads it, with
+# a warning). The same settings as config_v2, under 2.x's plugin names.
+config_v3() {
+    echo "# Written by scripts/containerd-private.sh; removed by its 'stop'."
+    echo "version = 3"
+    config_common '"io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.blockfile", "io.containerd.snapshotter.v1.erofs"'
+    cat <<EOF
+
+# NRI would listen on /var/run/nri/nri.sock, which every containerd shares.
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "$sandbox_image"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  netns_mounts_under_state_dir = true
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "$dir/cni/conf"
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        Root = "$dir/runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.skiff]
+      runtime_type = "io.containerd.skiff.v2"
+EOF
+}
+
+start() {
+    local extra_path=${1:-}
+    if [ -f "$dir/containerd.pid" ] && [ -n "$(pids_matching containerd "$dir/config.toml")" ]; then
+        die "a containerd already runs in $dir (stop it first: $0 stop $dir)"
+    fi
+    # sun_path holds 107 bytes; the ttrpc socket name is the longest.
+    [ ${#sock} -le 100 ] || die "DIR is too long for a unix socket path: $sock"
+    if [ -n "${SKIFF_CONTAINERD_DIR:-}" ]; then
+        apt_install runc
+        [ -x "$containerd_bin" ] && [ -x "$ctr_bin" ] \
+            || die "SKIFF_CONTAINERD_DIR=$SKIFF_CONTAINERD_DIR has no executable containerd and ctr"
+    else
+        apt_install containerd runc
+        if ! command -v containerd >/dev/null || ! command -v ctr >/dev/null; then
+            die "containerd or ctr not on PATH after installing containerd"
+        fi
+    fi
+    local version major
+    version=$("$containerd_bin" --version) || die "$containerd_bin --version failed"
+    # "containerd github.com/containerd/containerd/v2 v2.3.4 <commit>"
+    major=$(sed -nE 's/.* v?([0-9]+)\.[0-9]+\.[0-9]+.*/\1/p' <<<"$version")
+    [ -n "$major" ] || die "cannot tell the version of $containerd_bin: $version"
+    if [ -n "$extra_path" ]; then
+        [ -d "$extra_path" ] || die "EXTRA_PATH $extra_path is not a directory"
+        extra_path=$(realpath -- "$extra_path")
+        [ -x "$extra_path/containerd-shim-skiff-v2" ] \
+            || log "note: no containerd-shim-skiff-v2 in $extra_path (runtime skiff will fail)"
+    fi
+
+    mkdir -p "$dir"
+    # The marker lets `stop` remove DIR even if start got no further.
+    touch "$marker"
+    mkdir -p "$dir/root" "$dir/state" "$dir/opt" "$dir/cni/conf" "$dir/runc"
+    if [ "$major" -ge 2 ]; then config_v3; else config_v2; fi >"$dir/config.toml"
+    log "$version"
 
     local t0=$EPOCHREALTIME pid
     # setsid: containerd must not die with the caller's process group (a ^C
     # in make would leave shims without it); all stdio is redirected so a
     # caller's $(...) does not wait for containerd to exit.
-    PATH=${extra_path:+$extra_path:}$PATH setsid containerd --config "$dir/config.toml" \
+    PATH=${extra_path:+$extra_path:}$PATH setsid "$containerd_bin" --config "$dir/config.toml" \
         </dev/null >>"$dir/containerd.log" 2>&1 &
     pid=$!
     echo "$pid" >"$dir/containerd.pid"
@@ -214,10 +289,10 @@ stop() {
 
     # While containerd answers, delete the tasks through it: that also
     # removes the runtime's state outside DIR (e.g. /run/containerd/runc).
-    if [ -S "$sock" ] && timeout 5 ctr --address "$sock" version >/dev/null 2>&1; then
-        for ns in $(timeout 10 ctr --address "$sock" namespaces ls -q 2>/dev/null); do
-            for id in $(timeout 10 ctr --address "$sock" -n "$ns" tasks ls -q 2>/dev/null); do
-                timeout 15 ctr --address "$sock" -n "$ns" tasks delete -f "$id" >/dev/null 2>&1 \
+    if [ -S "$sock" ] && timeout 5 "$ctr_bin" --address "$sock" version >/dev/null 2>&1; then
+        for ns in $(timeout 10 "$ctr_bin" --address "$sock" namespaces ls -q 2>/dev/null); do
+            for id in $(timeout 10 "$ctr_bin" --address "$sock" -n "$ns" tasks ls -q 2>/dev/null); do
+                timeout 15 "$ctr_bin" --address "$sock" -n "$ns" tasks delete -f "$id" >/dev/null 2>&1 \
                     || log "could not delete task $ns/$id; killing its shim below"
             done
         done

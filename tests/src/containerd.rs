@@ -1,10 +1,17 @@
-//! A private, real containerd (Debian's) for the shim's integration tests,
-//! started by `scripts/containerd-private.sh` in a directory of its own
-//! with `containerd-shim-skiff-v2` from this build on its PATH, and
-//! stopped (every task, shim and mount gone) when dropped.
+//! A private, real containerd for the shim's integration tests, started by
+//! `scripts/containerd-private.sh` in a directory of its own with
+//! `containerd-shim-skiff-v2` from this build on its PATH, and stopped
+//! (every task, shim and mount gone) when dropped.
+//!
+//! Which containerd is a [`Release`]: Debian's own (1.6.20), or one of the
+//! releases `make test` unpacks from `../shared/containerd`
+//! (`scripts/containerd-releases.sh`) and names in `SKIFF_CONTAINERD_DIRS`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+
+use sha2::{Digest, Sha256};
 
 use crate::{repo_root, workspace_binary};
 
@@ -16,9 +23,67 @@ pub const PAUSE: &str = "skiff.local/pause:latest";
 pub const NAMESPACE: &str = "skiff";
 pub const CRI_NAMESPACE: &str = "k8s.io";
 
+/// A containerd to run: the system's, or the `containerd` and `ctr` in a
+/// directory.
+#[derive(Clone, Debug)]
+pub struct Release {
+    pub dir: Option<PathBuf>,
+}
+
+impl Release {
+    /// The system's containerd (the script installs Debian's if missing).
+    pub fn system() -> Self {
+        Self { dir: None }
+    }
+
+    /// The first release in `SKIFF_CONTAINERD_DIRS` (colon-separated) whose
+    /// major version is `major`.
+    pub fn unpacked(major: u32) -> Option<Self> {
+        let dirs = std::env::var("SKIFF_CONTAINERD_DIRS").unwrap_or_default();
+        dirs.split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| Self {
+                dir: Some(PathBuf::from(d)),
+            })
+            .find(|r| r.version().is_some_and(|v| v.0 == major))
+    }
+
+    fn binary(&self, name: &str) -> PathBuf {
+        match &self.dir {
+            Some(d) => d.join(name),
+            None => PathBuf::from(name),
+        }
+    }
+
+    pub fn ctr(&self) -> PathBuf {
+        self.binary("ctr")
+    }
+
+    /// (major, minor, patch) from `containerd --version`.
+    pub fn version(&self) -> Option<(u32, u32, u32)> {
+        let out = Command::new(self.binary("containerd"))
+            .arg("--version")
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace().find_map(|w| {
+            let mut n = w.trim_start_matches('v').split('.').map(|p| p.parse().ok());
+            Some((n.next()??, n.next()??, n.next()??))
+        })
+    }
+}
+
+/// Tests that each start a containerd and boot VMs take this in turn:
+/// they share subnets and would only slow each other down on a small host.
+pub fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub struct Containerd {
     pub dir: PathBuf,
     pub socket: PathBuf,
+    pub release: Release,
 }
 
 /// What a `ctr` command did.
@@ -67,36 +132,57 @@ pub fn image_archive(name: &str, entrypoint: &[&str]) -> PathBuf {
 }
 
 impl Containerd {
-    /// Starts containerd in `dir` (which must not hold a running one).
-    pub fn start(dir: &Path) -> Self {
+    /// Starts `release` in `dir` (which must not hold a running one).
+    pub fn start(dir: &Path, release: &Release) -> Self {
         let shim = workspace_binary(SHIM);
         let bin_dir = shim.parent().unwrap().to_path_buf();
-        let out = Command::new(script("containerd-private.sh"))
-            .arg("start")
-            .arg(dir)
-            .arg(&bin_dir)
+        let mut cmd = Command::new(script("containerd-private.sh"));
+        cmd.arg("start").arg(dir).arg(&bin_dir);
+        match &release.dir {
+            Some(d) => cmd.env("SKIFF_CONTAINERD_DIR", d),
+            None => cmd.env_remove("SKIFF_CONTAINERD_DIR"),
+        };
+        let out = cmd
             .stderr(Stdio::inherit())
             .output()
             .expect("run containerd-private.sh");
         let me = Self {
             dir: dir.to_path_buf(),
             socket: dir.join("containerd.sock"),
+            release: release.clone(),
         };
         assert!(out.status.success(), "containerd did not start");
         me
     }
 
-    /// `ctr -a SOCKET -n NAMESPACE ARGS...` with stdin from /dev/null.
-    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Ctr {
-        Command::new("ctr")
-            .arg("-a")
+    /// `ctr -a SOCKET -n NAMESPACE` of this containerd's release, stdin
+    /// from /dev/null; the caller adds the arguments.
+    pub fn ctr_command(&self, namespace: &str) -> Command {
+        let mut cmd = Command::new(self.release.ctr());
+        cmd.arg("-a")
             .arg(&self.socket)
             .args(["-n", namespace])
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `ctr -a SOCKET -n NAMESPACE ARGS...`.
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Ctr {
+        self.ctr_command(namespace)
             .args(args)
-            .stdin(Stdio::null())
             .output()
             .expect("run ctr")
             .into()
+    }
+
+    /// The socket file containerd-shim serves a task group on: named after
+    /// containerd's address, the namespace and the group (the pod's
+    /// sandbox id, or the container id).
+    pub fn shim_socket(&self, namespace: &str, group: &str) -> PathBuf {
+        let name = format!("{}/{namespace}/{group}", self.socket.display());
+        let hash = Sha256::digest(name.as_bytes());
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        Path::new("/run/containerd/s").join(hex)
     }
 
     pub fn ctr(&self, args: &[&str]) -> Ctr {
@@ -106,7 +192,11 @@ impl Containerd {
     /// The same `ctr` command under a pseudo terminal (util-linux
     /// `script`), for `-t`.
     pub fn ctr_tty(&self, args: &[&str]) -> Ctr {
-        let mut line = format!("ctr -a {} -n {NAMESPACE}", self.socket.display());
+        let mut line = format!(
+            "{} -a {} -n {NAMESPACE}",
+            self.release.ctr().display(),
+            self.socket.display()
+        );
         for a in args {
             line.push_str(&format!(" '{}'", a.replace('\'', "'\\''")));
         }
