@@ -56,7 +56,7 @@ else
     containerd_bin=containerd
     ctr_bin=ctr
 fi
-ctr() { "$ctr_bin" "$@"; }
+ctr() { command "$ctr_bin" "$@"; }
 
 # Processes whose argv[0] matches $1 (a glob on the basename) and whose
 # command line contains the string $2.

@@ -222,10 +222,11 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let _ = Command::new(script("containerd-private.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .status();
+        let mut cmd = Command::new(script("containerd-private.sh"));
+        if let Some(d) = &self.release.dir {
+            cmd.env("SKIFF_CONTAINERD_DIR", d);
+        }
+        let _ = cmd.arg("stop").arg(&self.dir).status();
     }
 }
 
