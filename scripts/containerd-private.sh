@@ -148,6 +148,20 @@ disabled_plugins = [$1]
 EOF
 }
 
+# The CRI runtime handlers, under the CRI section $1 (whose name differs
+# between 1.x and 2.x): runc, the default, and skiff.
+cri_runtimes() {
+    cat <<EOF
+    [$1.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [$1.runtimes.runc.options]
+        # runc state under DIR rather than /run/containerd/runc.
+        Root = "$dir/runc"
+    [$1.runtimes.skiff]
+      runtime_type = "io.containerd.skiff.v2"
+EOF
+}
+
 # containerd 1.x.
 config_v2() {
     echo "# Written by scripts/containerd-private.sh; removed by its 'stop'."
@@ -170,14 +184,8 @@ config_v2() {
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        # runc state under DIR rather than /run/containerd/runc.
-        Root = "$dir/runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.skiff]
-      runtime_type = "io.containerd.skiff.v2"
 EOF
+    cri_runtimes 'plugins."io.containerd.grpc.v1.cri".containerd'
 }
 
 # containerd 2.x (it migrates version 3 to its own 4 as it loads it, with
@@ -205,13 +213,8 @@ config_v3() {
     conf_dir = "$dir/cni/conf"
   [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
-    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-        Root = "$dir/runc"
-    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.skiff]
-      runtime_type = "io.containerd.skiff.v2"
 EOF
+    cri_runtimes 'plugins."io.containerd.cri.v1.runtime".containerd'
 }
 
 start() {

@@ -48,6 +48,16 @@ impl Release {
             .find(|r| r.version().is_some_and(|v| v.0 == major))
     }
 
+    /// The unpacked 2.x release, or None after saying (one line) that the
+    /// test it was asked for is skipped.
+    pub fn containerd_2_or_skip() -> Option<Self> {
+        let found = Self::unpacked(2);
+        if found.is_none() {
+            eprintln!("SKIPPED: no containerd 2.x in SKIFF_CONTAINERD_DIRS (make test unpacks it)");
+        }
+        found
+    }
+
     fn binary(&self, name: &str) -> PathBuf {
         match &self.dir {
             Some(d) => d.join(name),

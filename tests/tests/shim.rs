@@ -262,8 +262,7 @@ fn on_containerd_1_6() {
 
 #[test]
 fn on_containerd_2() {
-    let Some(release) = Release::unpacked(2) else {
-        eprintln!("SKIPPED: no containerd 2.x in SKIFF_CONTAINERD_DIRS (make test unpacks it)");
+    let Some(release) = Release::containerd_2_or_skip() else {
         return;
     };
     let _turn = one_at_a_time();
