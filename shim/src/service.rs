@@ -125,7 +125,10 @@ impl containerd_shim::Shim for Service {
     /// Returns when the last container is gone and Shutdown was called.
     /// The socket is removed here: containerd-shim would remove it after
     /// this returns, but it finds it through the bundle's `address` file,
-    /// and containerd has deleted the bundle by then.
+    /// and containerd has deleted the bundle by then (containerd-shim then
+    /// fails to read that file and exits with status 1, its message going
+    /// to the serving shim's stderr, which is /dev/null; nothing waits for
+    /// that status).
     fn wait(&mut self) {
         self.exit.wait();
         remove_socket(&self.socket);
