@@ -6,11 +6,16 @@
 //!
 //! - [`mode`]: what the configuration asks for (`enforce`, `log`, `off`);
 //! - [`filter`]: a seccomp filter built from a table of allowed syscalls,
-//!   with argument conditions where they matter;
+//!   with argument conditions where they matter; [`common`]: what every
+//!   thread's runtime needs;
+//! - [`caps`]: the capabilities a thread keeps (capabilities are per
+//!   thread, so the shim's other threads keep theirs);
 //! - [`sigsys`]: what happens on a forbidden call in `enforce` mode. The
 //!   call traps (SECCOMP_RET_TRAP), the handler records and reports it, and
 //!   the thread is stopped (parked) rather than the process: the process is
-//!   the shim, which must live to report the sandbox's end.
+//!   the shim, which must live to report the sandbox's end;
+//! - [`launcher`]: the per-VM [`Confinement`], with the one unfiltered
+//!   thread that starts workers and watches for violations.
 //!
 //! A filter confines only the thread that installs it and the threads it
 //! creates afterwards; the shim's threads stay unfiltered. This guards
@@ -18,28 +23,43 @@
 //! is not a boundary against arbitrary code execution, which could write
 //! the memory of unfiltered threads (see docs/seccomp.md).
 
+pub mod caps;
+pub mod common;
 pub mod filter;
+pub mod launcher;
 pub mod mode;
+mod names;
 pub mod sigsys;
 
-pub use filter::{Allowed, FilterError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use ::caps::Capability;
+pub use common::with_common;
+pub use filter::{Allowed, Check, FilterError};
+pub use launcher::{ConfineError, Confinement, ThreadPolicy};
 pub use mode::SeccompMode;
+pub use names::syscall_name;
 pub use sigsys::{Report, Slot};
 
-/// Confines the calling thread: blocks the signals it must not handle
-/// (see [`sigsys::block_signals`]), arms `slot` for the SIGSYS handler and
-/// installs the filter for `allowed` in `mode`. Off: nothing.
-pub fn confine_current_thread(
-    allowed: &[Allowed],
-    mode: SeccompMode,
-    slot: &'static Slot,
-) -> Result<(), FilterError> {
-    if mode == SeccompMode::Off {
-        return Ok(());
+/// Joins `thread`, whose slot is `slot`, unless it is parked after a
+/// violation: a parked thread never ends, so it is left behind (with what
+/// it holds) and `None` is returned at once. Waking is by the slot's futex
+/// word, so a normal join costs no polling delay.
+pub fn join_unless_parked<T>(thread: JoinHandle<T>, slot: &Slot) -> Option<T> {
+    loop {
+        if slot.is_parked() {
+            tracing::warn!(
+                thread = %slot.thread_name(),
+                "thread parked after a seccomp violation is left behind"
+            );
+            return None;
+        }
+        if slot.has_ended() || thread.is_finished() {
+            return thread.join().ok();
+        }
+        // The end guard or the handler wakes this; the timeout covers a
+        // thread that ended without reaching its end guard.
+        slot.wait_not_running(Duration::from_millis(200));
     }
-    let program = filter::build(allowed, mode)?;
-    sigsys::install_handler().map_err(FilterError::Handler)?;
-    sigsys::block_signals(&[]).map_err(FilterError::Handler)?;
-    sigsys::arm(slot);
-    seccompiler::apply_filter(&program).map_err(|e| FilterError::Install(e.to_string()))
 }

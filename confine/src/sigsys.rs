@@ -37,9 +37,14 @@ pub struct Slot {
     /// An eventfd the handler writes 1 to (-1: none).
     notify_fd: AtomicI32,
     syscall: AtomicI64,
-    /// 1 once the thread is parked; the futex word it sleeps on.
-    parked: AtomicU32,
+    /// [`RUNNING`], [`PARKED`] (the futex word a parked thread sleeps on)
+    /// or [`ENDED`].
+    state: AtomicU32,
 }
+
+const RUNNING: u32 = 0;
+const PARKED: u32 = 1;
+const ENDED: u32 = 2;
 
 /// A violation, as the watcher reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,14 +67,42 @@ impl Slot {
             log_fd: AtomicI32::new(libc::STDERR_FILENO),
             notify_fd: AtomicI32::new(-1),
             syscall: AtomicI64::new(-1),
-            parked: AtomicU32::new(0),
+            state: AtomicU32::new(RUNNING),
         }
     }
 
-    /// A slot that lives as long as the process: a parked thread keeps
-    /// using it, so it is never freed (one per confined thread).
+    /// A slot that lives as long as the process (tests).
     pub fn leak(name: &str) -> &'static Slot {
         Box::leak(Box::new(Slot::new(name)))
+    }
+
+    /// True once the thread is parked.
+    pub fn is_parked(&self) -> bool {
+        self.state.load(Ordering::Acquire) == PARKED
+    }
+
+    /// True once the thread left its confined section normally.
+    pub fn has_ended(&self) -> bool {
+        self.state.load(Ordering::Acquire) == ENDED
+    }
+
+    /// A guard the thread holds for its whole life: dropping it (the
+    /// thread returning or unwinding) disarms the slot and marks it ended,
+    /// which wakes [`join_unless_parked`](crate::join_unless_parked).
+    pub fn end_guard(self: &std::sync::Arc<Self>) -> EndGuard {
+        EndGuard(self.clone())
+    }
+
+    fn wake_waiters(&self) {
+        // SAFETY: futex wake on a word of this live slot.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.state.as_ptr(),
+                FUTEX_WAKE_PRIVATE,
+                i32::MAX,
+            )
+        };
     }
 
     pub fn set_log_fd(&self, fd: RawFd) {
@@ -87,7 +120,7 @@ impl Slot {
 
     /// The violation, once the thread is parked.
     pub fn report(&self) -> Option<Report> {
-        (self.parked.load(Ordering::Acquire) == 1).then(|| Report {
+        self.is_parked().then(|| Report {
             thread: self.thread_name(),
             syscall: self.syscall.load(Ordering::Relaxed),
         })
@@ -95,14 +128,20 @@ impl Slot {
 
     /// Waits up to `timeout` for the thread to be parked.
     pub fn wait_parked(&self, timeout: Duration) -> Option<Report> {
+        self.wait_not_running(timeout);
+        self.report()
+    }
+
+    /// Waits up to `timeout` while the thread is still running.
+    pub fn wait_not_running(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(r) = self.report() {
-                return Some(r);
+            if self.state.load(Ordering::Acquire) != RUNNING {
+                return;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return None;
+                return;
             }
             let ts = libc::timespec {
                 tv_sec: left.as_secs() as libc::time_t,
@@ -113,13 +152,42 @@ impl Slot {
             unsafe {
                 libc::syscall(
                     libc::SYS_futex,
-                    self.parked.as_ptr(),
+                    self.state.as_ptr(),
                     FUTEX_WAIT_PRIVATE,
-                    0u32,
+                    RUNNING,
                     &ts as *const libc::timespec,
                 )
             };
         }
+    }
+}
+
+/// Where a filtered thread lands after its slot was disarmed (the few
+/// calls a thread makes on its way out, should a filter miss one).
+static UNARMED: Slot = Slot {
+    name: *b"(ending thread)\0",
+    name_len: 15,
+    log_fd: AtomicI32::new(libc::STDERR_FILENO),
+    notify_fd: AtomicI32::new(-1),
+    syscall: AtomicI64::new(-1),
+    state: AtomicU32::new(RUNNING),
+};
+
+/// See [`Slot::end_guard`].
+#[derive(Debug)]
+pub struct EndGuard(std::sync::Arc<Slot>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        disarm();
+        // A parked thread never gets here; ENDED never overwrites PARKED.
+        let _ = self.0.state.compare_exchange(
+            RUNNING,
+            ENDED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.0.wake_waiters();
     }
 }
 
@@ -130,8 +198,19 @@ thread_local! {
 }
 
 /// Makes `slot` the calling thread's: a SIGSYS on this thread lands there.
-pub fn arm(slot: &'static Slot) {
+///
+/// # Safety
+/// `slot` must stay alive until [`disarm`] runs on this thread, or for
+/// good if the thread may still trap (a parked thread never returns, so a
+/// slot owned by its frame or by a registry stays alive).
+pub unsafe fn arm(slot: *const Slot) {
     ARMED.with(|a| a.set(slot));
+}
+
+/// Forgets the calling thread's slot: a later trap parks the thread with
+/// a line that names only the syscall.
+pub fn disarm() {
+    ARMED.with(|a| a.set(std::ptr::null()));
 }
 
 /// Installs the process-wide SIGSYS handler (once).
@@ -219,14 +298,19 @@ extern "C" fn handler(_num: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut 
             std::ptr::read_unaligned((info as *const u8).add(SIGINFO_SYSCALL_OFFSET) as *const i32);
         (code, nr as i64)
     };
-    let slot = ARMED.with(|a| a.get());
-    if code != SYS_SECCOMP || slot.is_null() {
+    if code != SYS_SECCOMP {
         // Not one of ours: what the default action would have done.
         // SAFETY: abort never returns.
         unsafe { libc::abort() };
     }
-    // SAFETY: an armed slot is 'static.
-    let slot = unsafe { &*slot };
+    let slot = ARMED.with(|a| a.get());
+    // SAFETY: an armed slot outlives the thread's arming (see `arm`);
+    // a thread past its disarm parks on the process-wide fallback.
+    let slot = if slot.is_null() {
+        &UNARMED
+    } else {
+        unsafe { &*slot }
+    };
     slot.syscall.store(syscall, Ordering::Relaxed);
     let mut line = [0u8; 160];
     let len = format_line(&mut line, &slot.name[..slot.name_len], syscall);
@@ -237,10 +321,10 @@ extern "C" fn handler(_num: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut 
         if log_fd >= 0 {
             libc::write(log_fd, line.as_ptr().cast(), len);
         }
-        slot.parked.store(1, Ordering::Release);
+        slot.state.store(PARKED, Ordering::Release);
         libc::syscall(
             libc::SYS_futex,
-            slot.parked.as_ptr(),
+            slot.state.as_ptr(),
             FUTEX_WAKE_PRIVATE,
             i32::MAX,
         );
@@ -248,13 +332,13 @@ extern "C" fn handler(_num: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut 
             let one: u64 = 1;
             libc::write(notify_fd, (&one as *const u64).cast(), 8);
         }
-        // Parked for good: `parked` stays 1, so this only sleeps.
+        // Parked for good: the state stays PARKED, so this only sleeps.
         loop {
             libc::syscall(
                 libc::SYS_futex,
-                slot.parked.as_ptr(),
+                slot.state.as_ptr(),
                 FUTEX_WAIT_PRIVATE,
-                1u32,
+                PARKED,
                 std::ptr::null::<libc::timespec>(),
             );
         }
