@@ -41,6 +41,16 @@ pub fn common() -> Vec<Allowed> {
         // HashMap keys on a thread's first RandomState.
         Allowed::always(libc::SYS_getrandom, "getrandom"),
         Allowed::always(libc::SYS_exit, "exit"),
+        // std checks an fd is open before closing it (debug builds), and
+        // dups eventfds with F_DUPFD_CLOEXEC (`try_clone`).
+        Allowed::when(
+            libc::SYS_fcntl,
+            "fcntl",
+            vec![
+                vec![Check::Eq(1, libc::F_GETFD as u32)],
+                vec![Check::Eq(1, libc::F_DUPFD_CLOEXEC as u32)],
+            ],
+        ),
         Allowed::always(libc::SYS_getpid, "getpid"),
         Allowed::always(libc::SYS_gettid, "gettid"),
         Allowed::when(libc::SYS_tgkill, "tgkill", abort()),

@@ -97,6 +97,7 @@ fn main() {
             features: device.features(),
             queues,
             interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+            confinement: skiff_confine::Confinement::inline(),
         })
         .unwrap();
 

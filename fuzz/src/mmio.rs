@@ -292,6 +292,7 @@ pub fn run(data: &[u8]) {
             device,
             mem.clone(),
             EventFd::new(libc::EFD_NONBLOCK).expect("irqfd"),
+            skiff_confine::Confinement::inline(),
         )
         .expect("transport");
         let mut bus = Bus {

@@ -85,6 +85,7 @@ fn data_path(guest: &Guest, device: &Vsock) -> (VsockWorker, Arc<Interrupt>) {
             features: device.features(),
             queues: (0..3).map(|q| guest.queues[q].active_queue(true)).collect(),
             interrupt: interrupt.clone(),
+            confinement: skiff_confine::Confinement::inline(),
         })
         .expect("vsock data path");
     (worker, interrupt)

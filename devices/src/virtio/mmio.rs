@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use skiff_confine::Confinement;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -54,6 +55,7 @@ pub mod reg {
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
     mem: GuestMemoryMmap,
+    confinement: Confinement,
     queues: Vec<Queue>,
     queue_evts: Vec<EventFd>,
     interrupt: Arc<Interrupt>,
@@ -69,10 +71,12 @@ pub struct MmioTransport {
 impl MmioTransport {
     /// Wraps `device`; `irqfd` is the eventfd the VMM routes to the
     /// device's interrupt line.
+    /// `confinement` is the VM's: activation runs on its launcher.
     pub fn new(
         device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
         irqfd: EventFd,
+        confinement: Confinement,
     ) -> std::io::Result<Self> {
         let mut queues = Vec::new();
         let mut queue_evts = Vec::new();
@@ -89,6 +93,7 @@ impl MmioTransport {
         Ok(Self {
             device,
             mem,
+            confinement,
             queues,
             queue_evts,
             interrupt: Arc::new(Interrupt::new(irqfd)),
@@ -264,14 +269,29 @@ impl MmioTransport {
             features: self.driver_features,
             queues,
             interrupt: self.interrupt.clone(),
+            confinement: self.confinement.clone(),
         };
-        match self.device.activate(activation) {
+        // The device starts its worker on the launcher, never on this
+        // (vCPU, filtered) thread: a worker would inherit its filter. The
+        // device moves there and back; the vCPU holds this transport's
+        // lock meanwhile, so nothing sees the stand-in.
+        let device_type = self.device.device_type();
+        let mut device = std::mem::replace(&mut self.device, Box::new(super::Detached));
+        let started = self.confinement.run(move || {
+            let result = device.activate(activation);
+            (device, result)
+        });
+        let result = match started {
+            Ok((device, result)) => {
+                self.device = device;
+                result
+            }
+            Err(e) => Err(e.into()),
+        };
+        match result {
             Ok(()) => self.active = true,
             Err(e) => {
-                tracing::warn!(
-                    "virtio device type {} failed to start: {e}",
-                    self.device.device_type()
-                );
+                tracing::warn!("virtio device type {device_type} failed to start: {e}");
                 self.fail();
             }
         }
@@ -439,6 +459,7 @@ mod tests {
             Box::new(dev),
             mem,
             EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            Confinement::inline(),
         )
         .unwrap();
         (t, log)

@@ -12,6 +12,7 @@ pub mod fs;
 mod mmio;
 pub mod net;
 pub mod queue;
+pub mod seccomp;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 pub mod vsock;
@@ -134,6 +135,8 @@ pub struct Activation {
     pub features: u64,
     pub queues: Vec<ActiveQueue>,
     pub interrupt: std::sync::Arc<Interrupt>,
+    /// The VM's confinement: the device's worker confines itself with it.
+    pub confinement: skiff_confine::Confinement,
 }
 
 /// Why a device refused to start.
@@ -143,6 +146,8 @@ pub enum ActivateError {
     QueueCount { got: usize, want: usize },
     #[error("device backend: {0}")]
     Backend(#[from] std::io::Error),
+    #[error("confine the device's worker: {0}")]
+    Confine(#[from] skiff_confine::ConfineError),
 }
 
 /// A virtio device model. One implementation per device type.
@@ -162,6 +167,32 @@ pub trait VirtioDevice: Send {
     /// Stops the data path and returns once its worker has ended; the
     /// device can be activated again afterwards.
     fn reset(&mut self);
+}
+
+/// Stands in a transport for its device while the launcher activates it
+/// (see `MmioTransport::activate`); never seen by the guest, whose vCPU
+/// holds the transport's lock meanwhile.
+struct Detached;
+
+impl VirtioDevice for Detached {
+    fn device_type(&self) -> u32 {
+        0
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[]
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0)
+    }
+    fn activate(&mut self, _activation: Activation) -> Result<(), ActivateError> {
+        Err(ActivateError::Backend(std::io::Error::other(
+            "the device is being started",
+        )))
+    }
+    fn reset(&mut self) {}
 }
 
 /// Copies `config[offset..]` into `data`, zero-filling what lies beyond:

@@ -5,10 +5,20 @@
 //! them. A blocked backend then stalls only its own device, never a vCPU or
 //! the VMM thread. Resetting the device stops the worker through a kill
 //! eventfd and joins it, so no thread or fd outlives the device.
+//!
+//! A worker confines itself before its loop: first what only it may hold
+//! ([`WorkerLoop::on_start`]: the virtio-fs jail), then its device's
+//! [`ThreadPolicy`] (capabilities, signals, seccomp filter). Activation
+//! waits for that, so a worker that cannot confine itself fails the
+//! device's start instead of running unconfined.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
 use std::thread::JoinHandle;
+
+use skiff_confine::{join_unless_parked, Confinement, Slot, ThreadPolicy};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -41,6 +51,12 @@ impl Poller {
 
 /// What a device does on its worker thread.
 pub trait WorkerLoop: Send + 'static {
+    /// Runs first on the worker thread, before it is confined.
+    fn on_start(&mut self, _confinement: &Confinement) -> io::Result<()> {
+        Ok(())
+    }
+    /// What the thread may do once confined (see `virtio::seccomp`).
+    fn policy(&self) -> ThreadPolicy;
     /// Registers the fds to watch before the loop starts.
     fn register(&mut self, poller: &Poller) -> io::Result<()>;
     /// Handles readiness of the fd registered with `token`.
@@ -50,32 +66,65 @@ pub trait WorkerLoop: Send + 'static {
 /// A running worker thread; dropping it stops and joins the thread.
 pub struct Worker {
     kill: EventFd,
+    slot: Arc<Slot>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Worker {
-    /// Starts `work` on a thread called `name`.
-    pub fn spawn(name: &str, mut work: impl WorkerLoop) -> io::Result<Self> {
+    /// Starts `work` on a thread called `name`, confined by `confinement`;
+    /// returns once the thread is confined and about to wait.
+    pub fn spawn(
+        name: &str,
+        mut work: impl WorkerLoop,
+        confinement: &Confinement,
+    ) -> io::Result<Self> {
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
         let poller = Poller {
             epoll: Epoll::new()?,
         };
         poller.add(kill.as_raw_fd(), KILL_TOKEN, EventSet::IN)?;
         work.register(&poller)?;
+        let slot = confinement.slot(name);
+        let (ready, started) = sync_channel(1);
+        let (c, s) = (confinement.clone(), slot.clone());
         let thread = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || run(poller, work))?;
-        Ok(Self {
+            .spawn(move || {
+                let _end = s.end_guard();
+                let confined = work.on_start(&c).and_then(|()| {
+                    c.confine_current_thread(&s, &work.policy())
+                        .map_err(io::Error::other)
+                });
+                let go = confined.is_ok();
+                let _ = ready.send(confined);
+                if go {
+                    run(poller, work);
+                }
+            })?;
+        let mut worker = Self {
             kill,
+            slot,
             thread: Some(thread),
-        })
+        };
+        match started.recv() {
+            Ok(Ok(())) => Ok(worker),
+            Ok(Err(e)) => {
+                worker.stop();
+                Err(e)
+            }
+            Err(_) => {
+                worker.stop();
+                Err(io::Error::other(format!("{name} ended before it started")))
+            }
+        }
     }
 
-    /// Stops the thread and waits for it.
+    /// Stops the thread and waits for it, unless it is parked after a
+    /// seccomp violation (then it is left behind; see `skiff_confine`).
     pub fn stop(&mut self) {
         if let Some(thread) = self.thread.take() {
             let _ = self.kill.write(1);
-            let _ = thread.join();
+            join_unless_parked(thread, &self.slot);
         }
     }
 }
@@ -118,6 +167,9 @@ mod tests {
     }
 
     impl WorkerLoop for Echo {
+        fn policy(&self) -> ThreadPolicy {
+            ThreadPolicy::default()
+        }
         fn register(&mut self, poller: &Poller) -> io::Result<()> {
             poller.add(self.evt.as_raw_fd(), 7, EventSet::IN)
         }
@@ -137,6 +189,7 @@ mod tests {
                 evt: evt.try_clone().unwrap(),
                 seen,
             },
+            &Confinement::inline(),
         )
         .unwrap();
         evt.write(1).unwrap();

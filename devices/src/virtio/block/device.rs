@@ -111,6 +111,7 @@ impl VirtioDevice for Block {
             features,
             mut queues,
             interrupt,
+            confinement,
         } = activation;
         let got = queues.len();
         let (Some(active), 1) = (queues.pop(), got) else {
@@ -129,7 +130,7 @@ impl VirtioDevice for Block {
             notify: active.notify,
             interrupt,
         };
-        self.worker = Some(Worker::spawn("virtio-blk", work)?);
+        self.worker = Some(Worker::spawn("virtio-blk", work, &confinement)?);
         Ok(())
     }
 
@@ -149,6 +150,10 @@ struct BlockWorker {
 }
 
 impl WorkerLoop for BlockWorker {
+    fn policy(&self) -> skiff_confine::ThreadPolicy {
+        crate::virtio::seccomp::block()
+    }
+
     fn register(&mut self, poller: &Poller) -> io::Result<()> {
         poller.add(self.notify.as_raw_fd(), QUEUE_TOKEN, EventSet::IN)
     }

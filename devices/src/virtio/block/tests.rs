@@ -749,6 +749,7 @@ fn worker_serves_notifications_and_stops_on_reset() {
                 notify: notify.try_clone().unwrap(),
             }],
             interrupt: irq.clone(),
+            confinement: skiff_confine::Confinement::inline(),
         })
         .unwrap();
         let mut raw = [0u8; 16];
@@ -795,6 +796,7 @@ fn worker_serves_notifications_and_stops_on_reset() {
         features: 0,
         queues: Vec::new(),
         interrupt: irq,
+        confinement: skiff_confine::Confinement::inline(),
     });
     assert!(err.is_err());
 }

@@ -91,14 +91,13 @@ impl VirtioDevice for Fs {
                 want: NUM_QUEUES,
             });
         }
-        let server = FuseServer::new(&self.share).map_err(std::io::Error::from)?;
         let work = FsWorker::new(
             activation.mem,
             activation.queues,
             activation.interrupt,
-            server,
+            self.share.clone(),
         );
-        self.worker = Some(Worker::spawn("virtio-fs", work)?);
+        self.worker = Some(Worker::spawn("virtio-fs", work, &activation.confinement)?);
         Ok(())
     }
 
@@ -191,6 +190,7 @@ mod tests {
             features: F_VERSION_1,
             queues,
             interrupt,
+            confinement: skiff_confine::Confinement::inline(),
         };
         (activation, notifies)
     }

@@ -14,6 +14,7 @@
 //! - `worker.rs`: the worker-thread loop.
 
 mod device;
+pub mod jail;
 mod server;
 mod share;
 #[cfg(test)]

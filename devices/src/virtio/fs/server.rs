@@ -43,6 +43,13 @@ impl FuseServer {
         })
     }
 
+    /// A server for a thread inside the share's jail (`fs::jail`).
+    pub fn jailed(share: &FsShare, fds: super::jail::JailFds) -> Self {
+        Self {
+            server: Server::new(ShareFs::jailed(share, fds)),
+        }
+    }
+
     /// Serves every request available on `queue` and returns whether the
     /// driver should be interrupted; a broken queue fails the device
     /// through `interrupt`, and `kick` is written when it stops at its

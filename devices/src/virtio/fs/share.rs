@@ -41,6 +41,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
+use super::jail::JailFds;
 use super::{CacheMode, FsError, FsLimits, FsShare};
 
 type Inode = u64;
@@ -139,8 +140,24 @@ impl ShareFs {
             .filter(|p| !p.contains('\0'))
             .ok_or_else(|| FsError::PathEncoding(share.path.clone()))?
             .to_string();
+        let config = Self::config(share, root_dir);
+        let inner = PassthroughFs::new(config).map_err(FsError::Passthrough)?;
+        Ok(Self::with_inner(share, inner))
+    }
+
+    /// Builds the passthrough for a thread inside the share's jail
+    /// (`fs::jail`): its root is `/`, and it reaches fds through the jail's
+    /// detached fd directory.
+    pub fn jailed(share: &FsShare, fds: JailFds) -> Self {
+        let config = Self::config(share, "/".to_string());
+        let inner = PassthroughFs::new_with_fds(config, fds.proc_self_fd, fds.mount_info)
+            .expect("new_with_fds opens nothing");
+        Self::with_inner(share, inner)
+    }
+
+    fn config(share: &FsShare, root_dir: String) -> Config {
         let (cache_policy, timeout) = timeouts(share.cache);
-        let config = Config {
+        Config {
             root_dir,
             cache_policy,
             entry_timeout: timeout,
@@ -151,9 +168,11 @@ impl ShareFs {
             xattr: false,
             do_import: true,
             ..Config::default()
-        };
-        let inner = PassthroughFs::new(config).map_err(FsError::Passthrough)?;
-        Ok(Self {
+        }
+    }
+
+    fn with_inner(share: &FsShare, inner: PassthroughFs<()>) -> Self {
+        Self {
             inner,
             read_only: share.read_only,
             tag: share.tag.clone(),
@@ -163,7 +182,7 @@ impl ShareFs {
                 handles: AtomicUsize::new(0),
                 refused: AtomicU64::new(0),
             },
-        })
+        }
     }
 
     /// Logs a refusal for a bound, at the 1st, 2nd, 4th, 8th... so a guest

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
-use super::FuseServer;
+use skiff_confine::{Confinement, SeccompMode};
+
+use super::{jail, FsShare, FuseServer};
 use crate::virtio::worker::{Poller, WorkerLoop};
 use crate::virtio::{ActiveQueue, Interrupt};
 
@@ -19,8 +21,9 @@ pub(super) struct FsWorker {
     /// Queue `i` is registered with token `i`.
     pub queues: Vec<ActiveQueue>,
     pub interrupt: Arc<Interrupt>,
-    pub server: FuseServer,
-    thread_isolated: bool,
+    share: FsShare,
+    /// Built on the worker thread, in its jail ([`WorkerLoop::on_start`]).
+    server: Option<FuseServer>,
 }
 
 impl FsWorker {
@@ -28,36 +31,23 @@ impl FsWorker {
         mem: GuestMemoryMmap,
         queues: Vec<ActiveQueue>,
         interrupt: Arc<Interrupt>,
-        server: FuseServer,
+        share: FsShare,
     ) -> Self {
         Self {
             mem,
             queues,
             interrupt,
-            server,
-            thread_isolated: false,
-        }
-    }
-
-    /// Gives this thread its own umask and working directory: the
-    /// passthrough clears the umask when the guest mounts, and that must
-    /// not change the mode of files the rest of the VMM creates.
-    fn isolate_thread(&mut self) {
-        if self.thread_isolated {
-            return;
-        }
-        self.thread_isolated = true;
-        // SAFETY: unshare only changes this thread's fs context.
-        if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
-            tracing::warn!(
-                "virtio-fs: unshare(CLONE_FS) failed, the umask is process-wide: {}",
-                io::Error::last_os_error()
-            );
+            share,
+            server: None,
         }
     }
 }
 
 impl WorkerLoop for FsWorker {
+    fn policy(&self) -> skiff_confine::ThreadPolicy {
+        crate::virtio::seccomp::fs()
+    }
+
     fn register(&mut self, poller: &Poller) -> io::Result<()> {
         for (token, queue) in self.queues.iter().enumerate() {
             poller.add(queue.notify.as_raw_fd(), token as u64, EventSet::IN)?;
@@ -65,8 +55,29 @@ impl WorkerLoop for FsWorker {
         Ok(())
     }
 
+    /// Confined: jails the thread in the share (which also gives it its
+    /// own umask: the passthrough clears it at FUSE_INIT) and builds the
+    /// passthrough there. Unconfined (`off`): only the thread's own fs
+    /// context, and the passthrough over the share's host path.
+    fn on_start(&mut self, confinement: &Confinement) -> io::Result<()> {
+        let server = if confinement.mode() == SeccompMode::Off {
+            // SAFETY: unshare only changes this thread's fs context.
+            if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            FuseServer::new(&self.share)?
+        } else {
+            let fds = jail::enter(&self.share.path)?;
+            FuseServer::jailed(&self.share, fds)
+        };
+        self.server = Some(server);
+        Ok(())
+    }
+
     fn handle(&mut self, _poller: &Poller, token: u64, _events: EventSet) {
-        self.isolate_thread();
+        let Some(server) = self.server.as_ref() else {
+            return;
+        };
         let Some(active) = usize::try_from(token)
             .ok()
             .and_then(|i| self.queues.get_mut(i))
@@ -74,7 +85,7 @@ impl WorkerLoop for FsWorker {
             return;
         };
         let _ = active.notify.read();
-        if self.server.process_queue(
+        if server.process_queue(
             &self.mem,
             &mut active.queue,
             &self.interrupt,

@@ -328,6 +328,10 @@ impl NetWorker {
 }
 
 impl WorkerLoop for NetWorker {
+    fn policy(&self) -> skiff_confine::ThreadPolicy {
+        crate::virtio::seccomp::net()
+    }
+
     fn register(&mut self, poller: &Poller) -> io::Result<()> {
         poller.add(self.rx.notify.as_raw_fd(), TOKEN_RX_QUEUE, EventSet::IN)?;
         poller.add(self.tx.notify.as_raw_fd(), TOKEN_TX_QUEUE, EventSet::IN)?;

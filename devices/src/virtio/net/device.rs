@@ -101,6 +101,7 @@ impl VirtioDevice for Net {
         let (Some(rx), Some(tx), None) = (queues.next(), queues.next(), queues.next()) else {
             return Err(ActivateError::QueueCount { got, want: 2 });
         };
+        let confinement = activation.confinement;
         let work = NetWorker::new(
             activation.mem,
             rx,
@@ -109,7 +110,7 @@ impl VirtioDevice for Net {
             activation.interrupt,
             self.stats.clone(),
         );
-        self.worker = Some(Worker::spawn("virtio-net", work)?);
+        self.worker = Some(Worker::spawn("virtio-net", work, &confinement)?);
         Ok(())
     }
 
@@ -194,6 +195,7 @@ mod tests {
             features: FEATURES,
             queues: Vec::new(),
             interrupt: irq.clone(),
+            confinement: skiff_confine::Confinement::inline(),
         };
         assert!(matches!(
             net.activate(short),
@@ -204,6 +206,7 @@ mod tests {
             features: FEATURES,
             queues: vec![rxq, txq],
             interrupt: irq.clone(),
+            confinement: skiff_confine::Confinement::inline(),
         })
         .unwrap();
 

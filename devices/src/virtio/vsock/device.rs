@@ -81,8 +81,9 @@ impl VirtioDevice for Vsock {
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         self.worker = None;
+        let confinement = activation.confinement.clone();
         let work = self.data_path(activation)?;
-        self.worker = Some(Worker::spawn("skiff-vsock", work)?);
+        self.worker = Some(Worker::spawn("skiff-vsock", work, &confinement)?);
         Ok(())
     }
 

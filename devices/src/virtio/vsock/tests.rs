@@ -163,6 +163,7 @@ impl Harness {
                 features: device.features(),
                 queues,
                 interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+                confinement: skiff_confine::Confinement::inline(),
             })
             .unwrap();
         Self {
@@ -799,6 +800,7 @@ fn reset_drops_connections_and_drop_removes_the_socket() {
                 features: device.features(),
                 queues,
                 interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+                confinement: skiff_confine::Confinement::inline(),
             })
             .unwrap();
         if round == 0 {

@@ -134,6 +134,10 @@ impl VsockWorker {
 }
 
 impl WorkerLoop for VsockWorker {
+    fn policy(&self) -> skiff_confine::ThreadPolicy {
+        crate::virtio::seccomp::vsock()
+    }
+
     fn register(&mut self, poller: &Poller) -> io::Result<()> {
         for (token, evt) in [TOKEN_RX, TOKEN_TX, TOKEN_EVENT]
             .into_iter()

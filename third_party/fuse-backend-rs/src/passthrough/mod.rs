@@ -397,7 +397,37 @@ pub struct PassthroughFs<S: BitmapSlice + Send + Sync = ()> {
 
 impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
     /// Create a Passthrough file system instance.
-    pub fn new(mut cfg: Config) -> io::Result<PassthroughFs<S>> {
+    pub fn new(cfg: Config) -> io::Result<PassthroughFs<S>> {
+        // Safe because this is a constant value and a valid C string.
+        let proc_self_fd_cstr = unsafe { CStr::from_bytes_with_nul_unchecked(PROC_SELF_FD_CSTR) };
+        let proc_self_fd = Self::open_file(
+            &libc::AT_FDCWD,
+            proc_self_fd_cstr,
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0,
+        )?;
+        let mount_fds = MountFds::new(None)?;
+        Ok(Self::with_fds(cfg, proc_self_fd, mount_fds))
+    }
+
+    /// Create a Passthrough file system instance that reaches its inodes'
+    /// fds through `proc_self_fd` (a directory like `/proc/self/fd`) and
+    /// reads mounts from `mount_info` (like `/proc/self/mountinfo`), for a
+    /// server in a sandbox (a mount namespace whose root is the shared
+    /// directory) where those paths do not exist.
+    pub fn new_with_fds(
+        cfg: Config,
+        proc_self_fd: File,
+        mount_info: File,
+    ) -> io::Result<PassthroughFs<S>> {
+        Ok(Self::with_fds(
+            cfg,
+            proc_self_fd,
+            MountFds::with_mount_info_file(mount_info, None),
+        ))
+    }
+
+    fn with_fds(mut cfg: Config, proc_self_fd: File, mount_fds: MountFds) -> PassthroughFs<S> {
         if cfg.no_open && cfg.cache_policy != CachePolicy::Always {
             warn!("passthroughfs: no_open only work with cache=always, reset to open mode");
             cfg.no_open = false;
@@ -409,15 +439,6 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
             cfg.writeback = false;
         }
 
-        // Safe because this is a constant value and a valid C string.
-        let proc_self_fd_cstr = unsafe { CStr::from_bytes_with_nul_unchecked(PROC_SELF_FD_CSTR) };
-        let proc_self_fd = Self::open_file(
-            &libc::AT_FDCWD,
-            proc_self_fd_cstr,
-            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            0,
-        )?;
-
         let (dir_entry_timeout, dir_attr_timeout) =
             match (cfg.dir_entry_timeout, cfg.dir_attr_timeout) {
                 (Some(e), Some(a)) => (e, a),
@@ -426,9 +447,7 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
                 (None, None) => (cfg.entry_timeout, cfg.attr_timeout),
             };
 
-        let mount_fds = MountFds::new(None)?;
-
-        Ok(PassthroughFs {
+        PassthroughFs {
             inode_map: InodeMap::new(),
             next_inode: AtomicU64::new(fuse::ROOT_ID + 1),
             ino_allocator: UniqueInodeGenerator::new(),
@@ -451,7 +470,7 @@ impl<S: BitmapSlice + Send + Sync> PassthroughFs<S> {
             cfg,
 
             phantom: PhantomData,
-        })
+        }
     }
 
     /// Initialize the Passthrough file system.
