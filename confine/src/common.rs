@@ -60,6 +60,19 @@ pub fn common() -> Vec<Allowed> {
     ]
 }
 
+/// glibc's malloc reads `/proc/sys/vm/overcommit_memory` the first time
+/// it shrinks a thread arena's heap, on whatever thread frees: an
+/// `openat(AT_FDCWD, ..., O_RDONLY|O_CLOEXEC)` no table wants to allow.
+/// Threads whose table does not allow `openat` outright get this call
+/// answered EACCES by a second filter (glibc then assumes "no"); the
+/// openat is not opened, and no other openat gets past the main filter.
+pub fn overcommit_probe() -> Vec<Check> {
+    vec![
+        Check::Eq(0, libc::AT_FDCWD as u32),
+        Check::Eq(2, (libc::O_RDONLY | libc::O_CLOEXEC) as u32),
+    ]
+}
+
 /// `common()` plus `own`, the thread's own table; an entry of `own`
 /// replaces a common one with the same number (a wider `tgkill`, say).
 pub fn with_common(own: Vec<Allowed>) -> Vec<Allowed> {

@@ -102,20 +102,7 @@ pub fn build(allowed: &[Allowed], mode: SeccompMode) -> Result<BpfProgram, Filte
         if rules.contains_key(&a.nr) {
             return Err(FilterError::Duplicate(a.name));
         }
-        let mut list = Vec::new();
-        for checks in &a.any_of {
-            let conditions = checks
-                .iter()
-                .map(|c| condition(*c))
-                .collect::<Result<Vec<_>, _>>()
-                .and_then(SeccompRule::new)
-                .map_err(|e| FilterError::Rule {
-                    name: a.name,
-                    err: e.to_string(),
-                })?;
-            list.push(conditions);
-        }
-        rules.insert(a.nr, list);
+        rules.insert(a.nr, rules_of(a)?);
     }
     for a in floor {
         // The floor allows these with any arguments, over a narrower entry.
@@ -126,6 +113,41 @@ pub fn build(allowed: &[Allowed], mode: SeccompMode) -> Result<BpfProgram, Filte
     filter
         .try_into()
         .map_err(|e: seccompiler::BackendError| FilterError::Build(e.to_string()))
+}
+
+/// A filter that answers the calls in `denied` (as their checks select
+/// them) with `errno` and allows everything else: stacked on a thread's
+/// main filter, the kernel takes the stricter answer, so a call both allow
+/// and this one matches fails with `errno` instead of trapping.
+pub fn build_deny(denied: &[Allowed], errno: u32) -> Result<BpfProgram, FilterError> {
+    let arch = TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|_| FilterError::Arch(std::env::consts::ARCH))?;
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for a in denied {
+        rules.insert(a.nr, rules_of(a)?);
+    }
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno), arch)
+        .map_err(|e| FilterError::Build(e.to_string()))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| FilterError::Build(e.to_string()))
+}
+
+fn rules_of(a: &Allowed) -> Result<Vec<SeccompRule>, FilterError> {
+    a.any_of
+        .iter()
+        .map(|checks| {
+            checks
+                .iter()
+                .map(|c| condition(*c))
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(SeccompRule::new)
+                .map_err(|e| FilterError::Rule {
+                    name: a.name,
+                    err: e.to_string(),
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::caps::{keep_only, CapsError};
+use crate::common;
 use crate::filter::{self, Allowed, FilterError};
 use crate::sigsys::{self, Report, Slot};
 use crate::SeccompMode;
@@ -210,13 +211,20 @@ impl Confinement {
         if mode == SeccompMode::Off {
             return Ok(());
         }
-        let program = filter::build(&policy.allowed, mode)?;
+        let (allowed, probe) = with_overcommit_probe(&policy.allowed);
+        let program = filter::build(&allowed, mode)?;
+        let deny = probe
+            .map(|p| filter::build_deny(&[p], libc::EACCES as u32))
+            .transpose()?;
         keep_only(&policy.keep_caps)?;
         sigsys::install_handler().map_err(FilterError::Handler)?;
         sigsys::block_signals(&policy.keep_signals).map_err(ConfineError::Signals)?;
         // SAFETY: the slot lives in the registry until the thread's end
         // guard marks it ended, and for good if the thread parks.
         unsafe { sigsys::arm(Arc::as_ptr(slot)) };
+        if let Some(deny) = &deny {
+            seccompiler::apply_filter(deny).map_err(|e| FilterError::Install(e.to_string()))?;
+        }
         seccompiler::apply_filter(&program).map_err(|e| FilterError::Install(e.to_string()))?;
         tracing::info!(
             thread = %slot.thread_name(),
@@ -257,6 +265,25 @@ impl Confinement {
             .filter_map(|(s, _)| s.report())
             .collect()
     }
+}
+
+/// `allowed` with glibc's overcommit probe let through the main filter,
+/// and the entry the deny filter answers EACCES, unless `allowed` lets
+/// every `openat` through anyway (see [`common::overcommit_probe`]).
+fn with_overcommit_probe(allowed: &[Allowed]) -> (Vec<Allowed>, Option<Allowed>) {
+    let mut allowed = allowed.to_vec();
+    let probe = common::overcommit_probe();
+    match allowed.iter_mut().find(|a| a.nr == libc::SYS_openat) {
+        Some(a) if a.any_of.is_empty() => return (allowed, None),
+        Some(a) => a.any_of.push(probe.clone()),
+        None => allowed.push(Allowed::when(
+            libc::SYS_openat,
+            "openat",
+            vec![probe.clone()],
+        )),
+    }
+    let deny = Allowed::when(libc::SYS_openat, "openat", vec![probe]);
+    (allowed, Some(deny))
 }
 
 fn launcher_loop(inner: &Inner) {

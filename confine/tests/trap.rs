@@ -200,3 +200,26 @@ fn off_installs_nothing() {
     assert!(thread.join().unwrap() > 0);
     assert!(slot.report().is_none());
 }
+
+#[test]
+fn glibc_overcommit_probe_fails_quietly_and_other_opens_trap() {
+    let confinement = Confinement::start("test-launcher", SeccompMode::Enforce).unwrap();
+    let (slot, thread) = on_confined_thread(&confinement, "confined-7", vec![], || {
+        // SAFETY: openat with a valid path; closed if it opened.
+        unsafe {
+            let fd = libc::openat(
+                libc::AT_FDCWD,
+                c"/proc/sys/vm/overcommit_memory".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            );
+            assert_eq!(fd, -1, "the probe must not open");
+            assert_eq!(*libc::__errno_location(), libc::EACCES);
+            libc::openat(libc::AT_FDCWD, c"/etc/passwd".as_ptr(), libc::O_RDWR) as i64
+        }
+    });
+    let report = slot
+        .wait_parked(Duration::from_secs(10))
+        .expect("any other openat traps");
+    assert_eq!(report.syscall, libc::SYS_openat);
+    drop(thread);
+}
