@@ -126,8 +126,13 @@ pub fn build_deny(denied: &[Allowed], errno: u32) -> Result<BpfProgram, FilterEr
     for a in denied {
         rules.insert(a.nr, rules_of(a)?);
     }
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno), arch)
-        .map_err(|e| FilterError::Build(e.to_string()))?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno),
+        arch,
+    )
+    .map_err(|e| FilterError::Build(e.to_string()))?;
     filter
         .try_into()
         .map_err(|e: seccompiler::BackendError| FilterError::Build(e.to_string()))

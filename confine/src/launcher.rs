@@ -307,10 +307,7 @@ fn launcher_loop(inner: &Inner) {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            tracing::error!(
-                "launcher poll failed: {}",
-                std::io::Error::last_os_error()
-            );
+            tracing::error!("launcher poll failed: {}", std::io::Error::last_os_error());
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }

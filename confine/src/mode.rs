@@ -5,7 +5,8 @@ use std::fmt;
 use std::str::FromStr;
 
 /// What a thread's filter does with a syscall it does not allow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SeccompMode {
     /// The call traps; the thread is stopped and the VM ends, reported.
     #[default]

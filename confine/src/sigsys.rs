@@ -181,12 +181,10 @@ impl Drop for EndGuard {
     fn drop(&mut self) {
         disarm();
         // A parked thread never gets here; ENDED never overwrites PARKED.
-        let _ = self.0.state.compare_exchange(
-            RUNNING,
-            ENDED,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ = self
+            .0
+            .state
+            .compare_exchange(RUNNING, ENDED, Ordering::AcqRel, Ordering::Acquire);
         self.0.wake_waiters();
     }
 }

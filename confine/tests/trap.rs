@@ -169,7 +169,10 @@ fn jobs_run_on_the_launcher() {
         .unwrap();
     assert_eq!(name.as_deref(), Some("test-launcher"));
     confinement.shutdown();
-    assert!(confinement.run(|| ()).is_err(), "a stopped launcher says so");
+    assert!(
+        confinement.run(|| ()).is_err(),
+        "a stopped launcher says so"
+    );
 }
 
 #[test]

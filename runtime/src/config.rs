@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use skiff_vmm::config::{FsCache, MIN_MEMORY_MIB};
+use skiff_vmm::config::{FsCache, SeccompMode, MIN_MEMORY_MIB};
 
 /// Where the runtime looks when `SKIFF_CONFIG` is not set.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/skiff/configuration.toml";
@@ -65,6 +65,9 @@ pub struct HypervisorConfig {
     /// runs: block devices a container's spec passes in (`linux.devices`,
     /// `ctr run --device`, Kubernetes `volumeDevices`).
     pub hotplug_slots: u8,
+    /// Confinement of the VMM's threads inside the shim (docs/seccomp.md):
+    /// "enforce", "log" or "off".
+    pub seccomp: SeccompMode,
 }
 
 impl Default for HypervisorConfig {
@@ -78,6 +81,7 @@ impl Default for HypervisorConfig {
             kernel_params: String::new(),
             debug_console: false,
             hotplug_slots: 4,
+            seccomp: SeccompMode::Enforce,
         }
     }
 }
@@ -252,9 +256,19 @@ mod tests {
         let defaults = RuntimeConfig::default();
         assert_eq!(parsed.hypervisor.vcpus, defaults.hypervisor.vcpus);
         assert_eq!(parsed.hypervisor.memory_mib, defaults.hypervisor.memory_mib);
+        assert_eq!(parsed.hypervisor.seccomp, defaults.hypervisor.seccomp);
         assert_eq!(parsed.shared_fs, defaults.shared_fs);
         assert_eq!(parsed.agent, defaults.agent);
         assert_eq!(parsed.log, defaults.log);
+    }
+
+    #[test]
+    fn seccomp_modes_parse_and_a_bad_one_is_named() {
+        let config = RuntimeConfig::parse("[hypervisor]\nseccomp = \"log\"\n").unwrap();
+        assert_eq!(config.hypervisor.seccomp, SeccompMode::Log);
+        let err = RuntimeConfig::parse("[hypervisor]\nseccomp = \"strict\"\n").unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("seccomp") && err.contains("enforce"), "{err}");
     }
 
     #[test]

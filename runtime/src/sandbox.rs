@@ -318,6 +318,7 @@ impl Sandbox {
             console: ConsoleConfig::File(console.clone()),
             devices,
             hotplug_slots: hv.hotplug_slots,
+            seccomp: hv.seccomp,
         })?;
         vmm.start()?;
         // The VMM made the taps when the VM started.

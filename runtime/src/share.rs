@@ -108,10 +108,12 @@ pub fn bind(share: &HostDir, rel: &Path, source: &Path, read_only: bool) -> Resu
     Ok(())
 }
 
-/// `MS_PRIVATE` as `mount_attr.propagation` takes it (`c_ulong` is
-/// narrower on 32-bit targets).
+/// `MS_PRIVATE` and `MS_SHARED` as `mount_attr.propagation` takes them
+/// (`c_ulong` is narrower on 32-bit targets).
 #[allow(clippy::unnecessary_cast)]
 const MS_PRIVATE: u64 = libc::MS_PRIVATE as u64;
+#[allow(clippy::unnecessary_cast)]
+const MS_SHARED: u64 = libc::MS_SHARED as u64;
 
 /// `mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, ...)`: sets
 /// `attr_set` on the mount `fd` is the root of and every mount below it,
@@ -182,11 +184,15 @@ pub fn mount_tmpfs(
         .map_err(err("fsmount"))?;
     let empty = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
     rustix::mount::move_mount(&mnt, "", &target, "", empty).map_err(err("move_mount"))?;
-    // Attached under a shared /run it joined a peer group: binds made in
-    // it later must not propagate anywhere. (A failure here leaves the
-    // mount for the caller's teardown, which unmounts everything below
-    // the state directory.)
+    // Attached under a shared /run it joined /run's peer group: leave it
+    // (private), then make it shared again, which gives it a peer group
+    // of its own. Binds made in it later then propagate nowhere on the
+    // host, and into the jail of the VM's virtio-fs thread, whose copy of
+    // the share is a slave of this group (docs/seccomp.md). (A failure
+    // here leaves the mount for the caller's teardown, which unmounts
+    // everything below the state directory.)
     mount_setattr(mnt.as_fd(), 0, MS_PRIVATE).map_err(err("make private"))?;
+    mount_setattr(mnt.as_fd(), 0, MS_SHARED).map_err(err("make shared"))?;
     Ok(HostDir::from_fd(mnt, path))
 }
 

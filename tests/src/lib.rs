@@ -173,6 +173,7 @@ pub fn agent_vm_config(console: &Path, devices: Vec<DeviceConfig>, hotplug_slots
         console: ConsoleConfig::File(console.to_path_buf()),
         devices,
         hotplug_slots,
+        seccomp: seccomp_mode(),
     }
 }
 
@@ -195,4 +196,14 @@ pub fn connect_agent(vmm: &VmmHandle, console: &Path) -> AgentServiceClient {
         }
     };
     AgentServiceClient::new(ttrpc::Client::new(stream.into_raw_fd()).unwrap())
+}
+
+/// The confinement the tests' VMs run in: enforced, unless
+/// `SKIFF_TEST_SECCOMP` says `log` or `off` (for finding what a thread
+/// needs, never for CI).
+pub fn seccomp_mode() -> skiff_vmm::SeccompMode {
+    std::env::var("SKIFF_TEST_SECCOMP")
+        .ok()
+        .map(|m| m.parse().expect("SKIFF_TEST_SECCOMP: enforce, log or off"))
+        .unwrap_or_default()
 }

@@ -36,6 +36,7 @@ fn api_boots_pauses_resumes_and_runs_a_command() {
         console: ConsoleConfig::File(console.clone()),
         devices: Vec::new(),
         hotplug_slots: 0,
+        seccomp: skiff_tests::seccomp_mode(),
     })
     .unwrap();
     assert_eq!(vmm.state().unwrap(), VmState::Configured);

@@ -308,6 +308,7 @@ fn guest_uses_disks_shares_network_and_vsock() {
             }),
         ],
         hotplug_slots: 0,
+        seccomp: skiff_tests::seccomp_mode(),
     };
     // The VMM thread, and so the tap it opens, lives in the namespace.
     let vmm = netns

@@ -160,6 +160,7 @@ fn main() {
             socket: socket.clone(),
         })],
         hotplug_slots: 0,
+        seccomp: skiff_vmm::SeccompMode::Enforce,
     })
     .unwrap();
     let started = Instant::now();

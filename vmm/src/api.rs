@@ -51,6 +51,18 @@ pub enum VmmAction {
     RemoveDevice {
         slot: u32,
     },
+    /// Has a VMM thread make a syscall no VMM thread may (tests of the
+    /// confinement); never answered when it is the VMM thread itself.
+    #[cfg(feature = "test-hooks")]
+    ForbiddenSyscall(TestThread),
+}
+
+/// A thread [`VmmAction::ForbiddenSyscall`] can target.
+#[cfg(feature = "test-hooks")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestThread {
+    Vmm,
+    Vcpu(u8),
 }
 
 impl VmmAction {
@@ -65,6 +77,8 @@ impl VmmAction {
             VmmAction::ConnectVsock { .. } => "connect to vsock in",
             VmmAction::AddDevice(_) => "add a device to",
             VmmAction::RemoveDevice { .. } => "remove a device from",
+            #[cfg(feature = "test-hooks")]
+            VmmAction::ForbiddenSyscall(_) => "misbehave in",
         }
     }
 }
@@ -102,6 +116,8 @@ pub enum VmmError {
     VsockConnect { port: u32, source: std::io::Error },
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error("cannot confine the VMM thread: {0}")]
+    Confine(#[from] skiff_confine::ConfineError),
 }
 
 impl VmState {
@@ -111,6 +127,8 @@ impl VmState {
         use VmState::*;
         let next = match (self, action) {
             (_, VmmAction::GetState) => Some(self),
+            #[cfg(feature = "test-hooks")]
+            (Running | Paused, VmmAction::ForbiddenSyscall(_)) => Some(self),
             (
                 Running | Paused,
                 VmmAction::ConnectVsock { .. }
@@ -147,6 +165,7 @@ mod tests {
             console: ConsoleConfig::Off,
             devices: Vec::new(),
             hotplug_slots: 0,
+            seccomp: crate::config::SeccompMode::Enforce,
         })
     }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::Kvm;
+use skiff_confine::Confinement;
 use skiff_devices::legacy::{
     BootTimer, ConsoleOutput, EventFdTrigger, PanicWatcher, SerialConsole, BOOT_TIMER_PORT,
     COM1_IRQ, COM1_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_LEN,
@@ -91,10 +92,13 @@ pub fn max_vcpus(kvm: &Kvm) -> u64 {
 
 impl Machine {
     /// Creates everything `config` describes.
+    /// `confinement` is the VM's: its devices start their workers on its
+    /// launcher and its vCPUs confine themselves with it.
     pub fn build(
         config: &VmConfig,
         timeline: &Arc<Timeline>,
         exits: &ExitSender,
+        confinement: &Confinement,
     ) -> Result<Machine, BuildError> {
         let kvm = Kvm::new().map_err(BuildError::Kvm)?;
         config.validate(max_vcpus(&kvm))?;
@@ -103,8 +107,13 @@ impl Machine {
         timeline.mark(Milestone::VmCreated);
 
         let mmio_bus = Arc::new(Bus::new());
-        let devices =
-            DeviceManager::new(&vm, mmio_bus.clone(), &config.devices, config.hotplug_slots)?;
+        let devices = DeviceManager::new(
+            &vm,
+            mmio_bus.clone(),
+            &config.devices,
+            config.hotplug_slots,
+            confinement,
+        )?;
         let virtio_cmdline = devices.kernel_params();
 
         let mem = vm.memory();
@@ -165,6 +174,7 @@ impl Machine {
                 mmio_bus: mmio_bus.clone(),
                 exits: exits.clone(),
                 timeline: timeline.clone(),
+                confinement: confinement.clone(),
             });
         }
 
@@ -194,6 +204,12 @@ impl Machine {
 
     pub fn resume(&self) -> Result<(), VcpuError> {
         self.vcpu_handles.iter().try_for_each(VcpuHandle::resume)
+    }
+
+    /// The running vCPU `index` (tests of the confinement).
+    #[cfg(feature = "test-hooks")]
+    pub fn vcpu(&self, index: u8) -> Option<&VcpuHandle> {
+        self.vcpu_handles.get(usize::from(index))
     }
 
     /// Stops and joins every vCPU thread.

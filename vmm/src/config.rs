@@ -1,6 +1,7 @@
 //! What a VM is made of, and the guest command line this project's kernel
 //! needs.
 
+pub use skiff_confine::SeccompMode;
 use std::path::PathBuf;
 
 /// Where the serial console goes.
@@ -31,6 +32,10 @@ pub struct VmConfig {
     /// Empty virtio-mmio slots declared after `devices`, where devices can
     /// be added while the VM runs ([`crate::device_manager`]).
     pub hotplug_slots: u8,
+    /// How the VM's threads are confined (docs/seccomp.md): each installs
+    /// its seccomp filter and drops its capabilities, and the virtio-fs
+    /// thread is jailed in its share; `Off` does none of it.
+    pub seccomp: SeccompMode,
 }
 
 /// A virtio device to attach.
@@ -405,6 +410,7 @@ mod tests {
             console: ConsoleConfig::Off,
             devices: Vec::new(),
             hotplug_slots: 0,
+            seccomp: SeccompMode::Enforce,
         }
     }
 

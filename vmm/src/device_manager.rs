@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::IoEventAddress;
 use serde::Serialize;
+use skiff_confine::Confinement;
 use skiff_devices::virtio::block::{Block, DiskFile};
 use skiff_devices::virtio::fs::{CacheMode, Fs, FsShare};
 use skiff_devices::virtio::net::{format_mac, Net};
@@ -65,6 +66,8 @@ pub enum DeviceError {
     Vm(#[from] VmError),
     #[error("registering a device: {0}")]
     Bus(#[from] BusError),
+    #[error("creating the device: {0}")]
+    Launcher(#[from] skiff_confine::ConfineError),
 }
 
 /// Where a slot is, for the guest and for whoever asked for a device.
@@ -109,6 +112,8 @@ pub struct DeviceHandles {
 /// Every virtio-mmio slot of one VM and the device in it, if any.
 pub struct DeviceManager {
     mmio_bus: Arc<Bus>,
+    /// Devices activate, and hot-added ones are created, on its launcher.
+    confinement: Confinement,
     slots: Vec<Option<Arc<Mutex<MmioTransport>>>>,
     handles: DeviceHandles,
 }
@@ -121,6 +126,7 @@ impl DeviceManager {
         mmio_bus: Arc<Bus>,
         devices: &[DeviceConfig],
         hotplug_slots: u8,
+        confinement: &Confinement,
     ) -> Result<Self, DeviceError> {
         let wanted = devices.len() + usize::from(hotplug_slots);
         if wanted > MAX_SLOTS {
@@ -128,6 +134,7 @@ impl DeviceManager {
         }
         let mut manager = Self {
             mmio_bus,
+            confinement: confinement.clone(),
             slots: Vec::with_capacity(wanted),
             handles: DeviceHandles::default(),
         };
@@ -172,7 +179,11 @@ impl DeviceManager {
             .position(Option::is_none)
             .ok_or(DeviceError::NoFreeSlot(self.slots.len()))?;
         let slot = MmioSlot::new(index);
-        let device = create_device(config, &mut self.handles)?;
+        // Opening a disk or a tap is not for the (confined) VMM thread.
+        let owned = config.clone();
+        let device = self
+            .confinement
+            .run(move || create_device(&owned, &mut DeviceHandles::default()))??;
         // The transport is wired before the placeholder goes, so the guest
         // never finds the window unmapped.
         let transport = self.wire(vm, slot, device)?;
@@ -220,7 +231,8 @@ impl DeviceManager {
     ) -> Result<Arc<Mutex<MmioTransport>>, DeviceError> {
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
         let transport =
-            MmioTransport::new(device, vm.memory().clone(), irqfd).map_err(DeviceError::EventFd)?;
+            MmioTransport::new(device, vm.memory().clone(), irqfd, self.confinement.clone())
+                .map_err(DeviceError::EventFd)?;
         vm.register_irqfd(transport.interrupt().irqfd(), slot.irq)?;
         for (queue, evt) in transport.queue_events().iter().enumerate() {
             let registered = vm.fd().register_ioevent(

@@ -24,6 +24,9 @@ pub enum ExitReason {
     VcpuError { vcpu: u8, error: String },
     /// Stopped through the VMM API.
     Stopped,
+    /// A confined VMM thread made a syscall its filter forbids; it was
+    /// stopped and the VM with it (docs/seccomp.md).
+    SeccompViolation { thread: String, syscall: i64 },
 }
 
 impl ExitReason {
@@ -57,6 +60,12 @@ impl fmt::Display for ExitReason {
             }
             ExitReason::VcpuError { vcpu, error } => write!(f, "vCPU {vcpu} failed: {error}"),
             ExitReason::Stopped => write!(f, "stopped by the VMM"),
+            ExitReason::SeccompViolation { thread, syscall } => write!(
+                f,
+                "seccomp: VMM thread {thread} made forbidden syscall {syscall} ({}); \
+                 the thread and the VM were stopped",
+                skiff_confine::syscall_name(*syscall)
+            ),
         }
     }
 }

@@ -15,6 +15,7 @@
 //!     console: ConsoleConfig::Stdio,
 //!     devices: Vec::new(),
 //!     hotplug_slots: 0,
+//!     seccomp: skiff_vmm::SeccompMode::Enforce,
 //! })?;
 //! vmm.start()?;
 //! let exit = vmm.wait_exit(None).expect("no timeout");
@@ -30,12 +31,13 @@ pub mod console_log;
 pub mod device_manager;
 pub mod exit;
 pub mod loader;
+pub mod seccomp;
 pub mod timeline;
 mod vmm;
 pub mod vstate;
 
 pub use api::{VmState, VmmAction, VmmData, VmmError};
-pub use config::{ConsoleConfig, VmConfig};
+pub use config::{ConsoleConfig, SeccompMode, VmConfig};
 pub use device_manager::{DeviceError, MmioSlot};
 pub use exit::{ExitReason, ExitSender};
 pub use vmm::{ExitInfo, VmmHandle};

@@ -4,6 +4,14 @@
 //! reported by vCPUs and devices, in an event-manager loop. vCPUs run on
 //! their own threads and handle port/MMIO exits in place; they reach this
 //! thread only when the VM must end.
+//!
+//! Beside it runs the VM's launcher (`skiff_confine::launcher`), created
+//! here so that it shares the caller's namespaces (the pod's netns in the
+//! shim): once the VM runs, the VMM thread and the vCPUs are confined, and
+//! device activation, hot-added device creation and teardown run there. A
+//! thread stopped for a seccomp violation ends the VM with
+//! [`ExitReason::SeccompViolation`]; a stopped VMM thread answers no more
+//! requests, and the handle says the VMM is gone instead of waiting.
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -14,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use skiff_confine::{join_unless_parked, Confinement, Report, SeccompMode, Slot};
 use skiff_devices::virtio::vsock;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -38,6 +47,34 @@ struct ExitSlot {
     ready: Condvar,
 }
 
+impl ExitSlot {
+    /// Publishes why the VM ended, once; later calls change nothing.
+    fn publish(&self, timeline: &Timeline, reason: ExitReason) {
+        let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
+        if info.is_some() {
+            return;
+        }
+        timeline.mark(Milestone::Exited);
+        if reason.is_clean() || reason == ExitReason::Stopped {
+            tracing::info!(%reason, "VM exited");
+        } else {
+            tracing::error!(%reason, "VM exited");
+        }
+        *info = Some(ExitInfo {
+            reason,
+            timeline: timeline.report(),
+        });
+        self.ready.notify_all();
+    }
+}
+
+/// The VMM thread's name, as violation reports give it.
+const VMM_THREAD: &str = "skiff-vmm";
+
+/// How long a request waits between checks that the VMM thread was not
+/// stopped for a violation.
+const PARKED_CHECK: Duration = Duration::from_millis(100);
+
 struct Request {
     /// `None` ends the VMM thread.
     action: Option<VmmAction>,
@@ -51,6 +88,9 @@ pub struct VmmHandle {
     wake: Arc<EventFd>,
     exit: Arc<ExitSlot>,
     timeline: Arc<Timeline>,
+    confinement: Confinement,
+    /// The VMM thread's, for bounded waits.
+    slot: Arc<Slot>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -64,6 +104,11 @@ impl VmmHandle {
         let (exit_tx, exit_rx) = channel();
         let timeline = Arc::new(Timeline::new(origin));
         let exit = Arc::new(ExitSlot::default());
+        let exits = ExitSender::new(exit_tx, exit_evt.clone());
+        let confinement = Confinement::start("skiff-launcher", SeccompMode::default())
+            .map_err(|e| VmmError::Spawn(std::io::Error::other(e)))?;
+        confinement.on_violation(on_violation(exits.clone(), exit.clone(), timeline.clone()));
+        let slot = confinement.slot(VMM_THREAD);
         let controller = Controller {
             state: VmState::Unconfigured,
             config: None,
@@ -72,20 +117,28 @@ impl VmmHandle {
             api_evt: wake.clone(),
             exit_evt: exit_evt.clone(),
             exit_rx,
-            exits: ExitSender::new(exit_tx, exit_evt),
+            exits,
             timeline: timeline.clone(),
             exit_slot: exit.clone(),
+            confinement: confinement.clone(),
+            slot: slot.clone(),
             quit: false,
         };
+        let thread_slot = slot.clone();
         let thread = std::thread::Builder::new()
-            .name("skiff-vmm".into())
-            .spawn(move || run_event_loop(controller))
+            .name(VMM_THREAD.into())
+            .spawn(move || {
+                let _end = thread_slot.end_guard();
+                run_event_loop(controller)
+            })
             .map_err(VmmError::Spawn)?;
         Ok(Self {
             requests,
             wake,
             exit,
             timeline,
+            confinement,
+            slot,
             thread: Some(thread),
         })
     }
@@ -101,7 +154,13 @@ impl VmmHandle {
             .send(Request { action, reply })
             .map_err(|_| VmmError::VmmGone)?;
         self.wake.write(1).map_err(|_| VmmError::VmmGone)?;
-        answer.recv().map_err(|_| VmmError::VmmGone)?
+        loop {
+            match answer.recv_timeout(PARKED_CHECK) {
+                Ok(result) => return result,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !self.slot.is_parked() => {}
+                Err(_) => return Err(VmmError::VmmGone),
+            }
+        }
     }
 
     pub fn configure(&self, config: VmConfig) -> Result<(), VmmError> {
@@ -203,7 +262,31 @@ impl Drop for VmmHandle {
     fn drop(&mut self) {
         let _ = self.send(None);
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            join_unless_parked(thread, &self.slot);
+        }
+        self.confinement.shutdown();
+    }
+}
+
+/// What the launcher does with a violation report: a stopped vCPU or
+/// device thread ends the VM through the VMM thread, as any exit does; a
+/// stopped VMM thread cannot, so the exit is published here. (Its vCPUs
+/// and devices are then left as they are until the process ends: the
+/// parked thread holds the machine.)
+fn on_violation(
+    exits: ExitSender,
+    exit_slot: Arc<ExitSlot>,
+    timeline: Arc<Timeline>,
+) -> impl Fn(Report) + Send + 'static {
+    move |report: Report| {
+        let reason = ExitReason::SeccompViolation {
+            thread: report.thread.clone(),
+            syscall: report.syscall,
+        };
+        if report.thread == VMM_THREAD {
+            exit_slot.publish(&timeline, reason);
+        } else {
+            exits.send(reason);
         }
     }
 }
@@ -220,6 +303,8 @@ struct Controller {
     exits: ExitSender,
     timeline: Arc<Timeline>,
     exit_slot: Arc<ExitSlot>,
+    confinement: Confinement,
+    slot: Arc<Slot>,
     quit: bool,
 }
 
@@ -317,6 +402,15 @@ impl Controller {
                 return Ok(VmmData::DeviceSlot(slot));
             }
             VmmAction::RemoveDevice { slot } => self.machine_mut()?.remove_device(slot)?,
+            #[cfg(feature = "test-hooks")]
+            VmmAction::ForbiddenSyscall(thread) => match thread {
+                crate::api::TestThread::Vmm => crate::vstate::vcpu::forbidden_syscall(),
+                crate::api::TestThread::Vcpu(i) => self
+                    .machine()?
+                    .vcpu(i)
+                    .ok_or(VmmError::VmmGone)?
+                    .make_forbidden_syscall(),
+            },
         }
         self.state = next;
         Ok(VmmData::Empty)
@@ -344,13 +438,23 @@ impl Controller {
                 state: self.state,
             });
         };
-        let mut machine = Machine::build(config, &self.timeline, &self.exits)?;
+        self.confinement.set_mode(config.seccomp);
+        let mut machine = Machine::build(config, &self.timeline, &self.exits, &self.confinement)?;
         machine.start()?;
         if config.console == ConsoleConfig::Stdio {
             // Best effort: stdin may be a file or closed, then no input.
             let _ = ops.add(Events::empty_raw(STDIN_FD).with_set(EventSet::IN));
         }
         self.machine = Some(machine);
+        // Everything this thread needs is open; what it may still be asked
+        // to open or close for good runs on the launcher.
+        let confined = self
+            .confinement
+            .confine_current_thread(&self.slot, &crate::seccomp::vmm());
+        if let Err(e) = confined {
+            self.finish(ExitReason::Stopped);
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -375,23 +479,19 @@ impl Controller {
         }
         let had_machine = self.machine.is_some();
         if let Some(mut machine) = self.machine.take() {
+            // The vCPUs first, here: one may be waiting on the launcher
+            // to activate a device. The rest (unmapping memory, closing
+            // and unlinking what the devices opened) is not for this
+            // confined thread.
             machine.stop();
+            if let Err(e) = self.confinement.run(move || drop(machine)) {
+                tracing::warn!("VM teardown: {e}");
+            }
         }
         self.state = VmState::Exited;
         if !had_machine {
             return;
         }
-        self.timeline.mark(Milestone::Exited);
-        tracing::info!(%reason, "VM exited");
-        let info = ExitInfo {
-            reason,
-            timeline: self.timeline.report(),
-        };
-        *self
-            .exit_slot
-            .info
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(info);
-        self.exit_slot.ready.notify_all();
+        self.exit_slot.publish(&self.timeline, reason);
     }
 }

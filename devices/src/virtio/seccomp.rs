@@ -99,12 +99,7 @@ pub fn vsock() -> ThreadPolicy {
 pub fn fs() -> ThreadPolicy {
     // setresuid/setresgid only as fuse-backend-rs's scoped credentials
     // call them: (-1, id, -1), the effective id alone.
-    let euid_only = || {
-        vec![vec![
-            Check::Eq(0, u32::MAX),
-            Check::Eq(2, u32::MAX),
-        ]]
-    };
+    let euid_only = || vec![vec![Check::Eq(0, u32::MAX), Check::Eq(2, u32::MAX)]];
     policy(
         vec![
             Allowed::always(libc::SYS_openat, "openat"),
@@ -248,7 +243,8 @@ mod tests {
             confinement.on_violation(move |r| {
                 let _ = reports.send(r);
             });
-            let (mut bad_worker, ping, bad, pongs) = misbehaving(&confinement, name, policy.clone());
+            let (mut bad_worker, ping, bad, pongs) =
+                misbehaving(&confinement, name, policy.clone());
             let (mut good_worker, good_ping, _, good_pongs) =
                 misbehaving(&confinement, "bystander", policy);
             ping.write(1).unwrap();
@@ -264,7 +260,10 @@ mod tests {
             assert!(pongs.try_recv().is_err(), "{name}: the call never returned");
             let started = Instant::now();
             bad_worker.stop();
-            assert!(started.elapsed() < Duration::from_secs(1), "{name}: stop hung");
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{name}: stop hung"
+            );
             good_ping.write(1).unwrap();
             good_pongs
                 .recv_timeout(Duration::from_secs(5))
@@ -288,7 +287,11 @@ mod tests {
         ] {
             let program = filter::build(&p.allowed, SeccompMode::Enforce)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(program.len() < 4096, "{name}: {} instructions", program.len());
+            assert!(
+                program.len() < 4096,
+                "{name}: {} instructions",
+                program.len()
+            );
         }
     }
 }

@@ -83,6 +83,25 @@ fn mount_count(point: &Path) -> usize {
         .count()
 }
 
+/// Mounts outside `inside` (a path prefix) in the peer group that
+/// `optional` (a mountinfo entry's optional fields) names, if any.
+fn peers_outside(optional: &str, inside: &Path) -> Vec<String> {
+    let Some(group) = optional.split(' ').find_map(|f| f.strip_prefix("shared:")) else {
+        return Vec::new();
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter(|line| {
+            let left = line.split_once(" - ").map_or(*line, |(l, _)| l);
+            left.split(' ')
+                .skip(6)
+                .any(|f| f == format!("shared:{group}"))
+        })
+        .filter_map(|line| line.split(' ').nth(4).map(unescape_octal))
+        .filter(|point| !Path::new(point).starts_with(inside))
+        .collect()
+}
+
 fn has_option(options: &str, option: &str) -> bool {
     options.split(',').any(|o| o == option)
 }
@@ -199,7 +218,7 @@ fn a_file_target_must_be_a_regular_file_of_the_share() {
 }
 
 #[test]
-fn binds_are_nosuid_nodev_private_and_read_only_when_asked() {
+fn binds_are_nosuid_nodev_kept_from_the_host_and_read_only_when_asked() {
     let s = setup();
     let file = s.scratch.path().join("hosts");
     std::fs::write(&file, "127.0.0.1 localhost\n").unwrap();
@@ -216,7 +235,13 @@ fn binds_are_nosuid_nodev_private_and_read_only_when_asked() {
         assert!(has_option(&options, "nosuid"), "{rel}: {options}");
         assert!(has_option(&options, "nodev"), "{rel}: {options}");
         assert_eq!(has_option(&options, "ro"), read_only, "{rel}: {options}");
-        assert!(!optional.contains("shared:"), "{rel}: {optional}");
+        // Shared only with the share's own copies (a jail's), never with
+        // a host mount.
+        assert_eq!(
+            peers_outside(&optional, s.share.path()),
+            Vec::<String>::new(),
+            "{rel}: {optional}"
+        );
     }
     assert_eq!(
         std::fs::read_to_string(s.share.path().join("c1/rootfs/data")).unwrap(),
@@ -437,7 +462,7 @@ fn unmount_tree_detaches_stacked_and_nested_mounts() {
 }
 
 #[test]
-fn the_share_tmpfs_is_bounded_private_nosuid_and_nodev() {
+fn the_share_tmpfs_is_bounded_nosuid_nodev_and_a_peer_group_of_its_own() {
     let scratch = Scratch::new();
     let state = HostDir::open(&scratch.dir("state")).unwrap();
     let share = mount_tmpfs(&state, "shared", 1, 64).unwrap();
@@ -449,7 +474,13 @@ fn the_share_tmpfs_is_bounded_private_nosuid_and_nodev() {
         has_option(&options, "nosuid") && has_option(&options, "nodev"),
         "{options}"
     );
-    assert!(!optional.contains("shared:"), "{optional}");
+    // A peer group of its own (the fs jail's copies follow it), never /run's.
+    assert!(optional.contains("shared:"), "{optional}");
+    assert_eq!(
+        peers_outside(&optional, &point),
+        Vec::<String>::new(),
+        "{optional}"
+    );
     for option in ["size=1024k", "nr_inodes=64", "mode=700"] {
         assert!(has_option(&super_options, option), "{super_options}");
     }

@@ -15,7 +15,7 @@ use skiff_vmm::config::{
     NetConfig, VsockConfig,
 };
 use skiff_vmm::timeline::{Milestone, TimelineReport};
-use skiff_vmm::{ConsoleConfig, ExitReason, VmConfig, VmmHandle};
+use skiff_vmm::{ConsoleConfig, ExitReason, SeccompMode, VmConfig, VmmHandle};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -61,6 +61,11 @@ struct Args {
     /// Share a host directory over virtio-fs: tag=TAG,path=DIR[,ro][,cache=never|auto|always] (repeatable).
     #[arg(long = "fs", value_name = "tag=TAG,path=DIR[,ro]")]
     shares: Vec<FsConfig>,
+    /// Confinement of the VMM's threads (docs/seccomp.md): enforce (a
+    /// forbidden syscall stops the VM), log (the kernel logs it) or off
+    /// (no filters, no capability drops, no virtio-fs jail).
+    #[arg(long, default_value = "enforce", value_name = "enforce|log|off")]
+    seccomp: SeccompMode,
     /// Stop the VM and fail after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
@@ -129,6 +134,7 @@ fn run(args: Args, origin: Instant) -> Result<(), String> {
         console: args.console,
         devices,
         hotplug_slots: 0,
+        seccomp: args.seccomp,
     };
 
     let vmm = VmmHandle::spawn(origin).map_err(|e| e.to_string())?;

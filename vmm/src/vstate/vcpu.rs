@@ -5,8 +5,13 @@
 //! KVM_RUN with a real-time signal whose handler sets `immediate_exit` in
 //! the thread's `kvm_run`, so a kick that lands just before KVM_RUN is not
 //! lost: KVM returns EINTR at once and the thread reads its channel.
+//!
+//! Each thread confines itself before its first KVM_RUN
+//! ([`crate::seccomp::vcpu`]): KVM_RUN on its own fd and what its exit
+//! handlers call, the kick signal and no capabilities.
 
 use std::cell::Cell;
+use std::os::fd::AsRawFd;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
@@ -14,6 +19,7 @@ use std::time::Duration;
 
 use kvm_bindings::{kvm_run, KVM_SYSTEM_EVENT_CRASH};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use skiff_confine::{join_unless_parked, Confinement, Slot};
 use skiff_devices::Bus;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -45,12 +51,16 @@ pub struct Vcpu {
     pub mmio_bus: Arc<Bus>,
     pub exits: ExitSender,
     pub timeline: Arc<Timeline>,
+    pub confinement: Confinement,
 }
 
 enum Command {
     Pause,
     Resume,
     Stop,
+    /// Makes a syscall no vCPU may (tests of the confinement).
+    #[cfg(feature = "test-hooks")]
+    ForbiddenSyscall,
 }
 
 /// The VMM's side of a running vCPU thread.
@@ -58,6 +68,7 @@ pub struct VcpuHandle {
     index: u8,
     commands: Sender<Command>,
     acks: Receiver<()>,
+    slot: Arc<Slot>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -93,20 +104,34 @@ impl Vcpu {
         let index = self.index;
         let (commands, command_rx) = channel();
         let (ack_tx, acks) = channel();
+        let name = format!("skiff-vcpu{index}");
+        let slot = self.confinement.slot(&name);
+        let thread_slot = slot.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("skiff-vcpu{index}"))
-            .spawn(move || self.run(command_rx, ack_tx))
+            .name(name)
+            .spawn(move || self.run(command_rx, ack_tx, thread_slot))
             .map_err(|source| VcpuError::Spawn { index, source })?;
         Ok(VcpuHandle {
             index,
             commands,
             acks,
+            slot,
             thread: Some(thread),
         })
     }
 
-    fn run(mut self, commands: Receiver<Command>, acks: Sender<()>) {
+    fn run(mut self, commands: Receiver<Command>, acks: Sender<()>, slot: Arc<Slot>) {
+        let _end = slot.end_guard();
         KVM_RUN.with(|r| r.set(self.fd.get_kvm_run() as *mut kvm_run));
+        let policy = crate::seccomp::vcpu(self.fd.as_raw_fd());
+        if let Err(e) = self.confinement.confine_current_thread(&slot, &policy) {
+            KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
+            self.exits.send(ExitReason::VcpuError {
+                vcpu: self.index,
+                error: format!("cannot confine the vCPU thread: {e}"),
+            });
+            return;
+        }
         self.run_loop(&commands, &acks);
         KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
         self.timeline.add_vcpu_thread_cpu();
@@ -125,6 +150,8 @@ impl Vcpu {
                     let _ = acks.send(());
                 }
                 Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return,
+                #[cfg(feature = "test-hooks")]
+                Ok(Command::ForbiddenSyscall) => forbidden_syscall(),
                 Err(TryRecvError::Empty) => {}
             }
             if self.index == 0 {
@@ -140,6 +167,8 @@ impl Vcpu {
                         Command::Pause | Command::Resume => {
                             let _ = acks.send(());
                         }
+                        #[cfg(feature = "test-hooks")]
+                        Command::ForbiddenSyscall => forbidden_syscall(),
                     }
                 }
                 return;
@@ -240,6 +269,8 @@ fn wait_for_resume(commands: &Receiver<Command>, acks: &Sender<()>) -> bool {
             Ok(Command::Pause) => {
                 let _ = acks.send(());
             }
+            #[cfg(feature = "test-hooks")]
+            Ok(Command::ForbiddenSyscall) => forbidden_syscall(),
             Ok(Command::Stop) | Err(_) => return false,
         }
     }
@@ -267,6 +298,15 @@ impl VcpuHandle {
         self.command(Command::Resume, "resume")
     }
 
+    /// Has the thread make a syscall no vCPU may (tests of the
+    /// confinement; the thread is then stopped and the VM reports it).
+    #[cfg(feature = "test-hooks")]
+    pub fn make_forbidden_syscall(&self) {
+        if self.commands.send(Command::ForbiddenSyscall).is_ok() {
+            self.kick();
+        }
+    }
+
     fn kick(&self) {
         if let Some(thread) = &self.thread {
             // The thread may have ended already; nothing to interrupt then.
@@ -281,7 +321,15 @@ impl Drop for VcpuHandle {
         let _ = self.commands.send(Command::Stop);
         self.kick();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            join_unless_parked(thread, &self.slot);
         }
     }
+}
+
+/// A syscall no VMM thread's filter allows.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn forbidden_syscall() {
+    // SAFETY: uname into a local struct.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    unsafe { libc::uname(&mut u) };
 }

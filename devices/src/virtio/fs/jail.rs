@@ -64,7 +64,12 @@ fn open(path: &CString, flags: libc::c_int, what: &str) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-fn mount(src: Option<&CString>, target: &CString, flags: libc::c_ulong, what: &str) -> io::Result<()> {
+fn mount(
+    src: Option<&CString>,
+    target: &CString,
+    flags: libc::c_ulong,
+    what: &str,
+) -> io::Result<()> {
     // SAFETY: mount with valid C strings or nulls.
     let r = unsafe {
         libc::mount(

@@ -43,7 +43,12 @@ fn mount(src: &str, target: &Path, fstype: &str, flags: libc::c_ulong) {
             std::ptr::null(),
         )
     };
-    assert_eq!(r, 0, "mount {target:?}: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "mount {target:?}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
@@ -81,8 +86,14 @@ fn the_jailed_thread_sees_only_the_share() {
         assert_eq!(errno_of(std::fs::read(&secret)), Some(libc::ENOENT));
         assert_eq!(errno_of(std::fs::read("/escape")), Some(libc::ENOENT));
         assert_eq!(errno_of(std::fs::read("/etc/passwd")), Some(libc::ENOENT));
-        assert_eq!(errno_of(std::fs::read("/proc/self/root/etc/passwd")), Some(libc::ENOENT));
-        assert_eq!(errno_of(std::fs::read("/../../etc/passwd")), Some(libc::ENOENT));
+        assert_eq!(
+            errno_of(std::fs::read("/proc/self/root/etc/passwd")),
+            Some(libc::ENOENT)
+        );
+        assert_eq!(
+            errno_of(std::fs::read("/../../etc/passwd")),
+            Some(libc::ENOENT)
+        );
         // `..` from the fd directory stays in it.
         let proc_fd = fds.proc_self_fd.as_raw_fd();
         let stat_at = |name: &std::ffi::CStr| {
@@ -94,17 +105,29 @@ fn the_jailed_thread_sees_only_the_share() {
         let (r0, dev, ino) = stat_at(c"");
         assert_eq!(r0, 0);
         let (r1, dev_up, ino_up) = stat_at(c"..");
-        assert_eq!((r1, dev_up, ino_up), (0, dev, ino), "`..` climbs out of the fd directory");
+        assert_eq!(
+            (r1, dev_up, ino_up),
+            (0, dev, ino),
+            "`..` climbs out of the fd directory"
+        );
         // SAFETY: openat of a relative path under the fd directory.
         let climbed = unsafe {
-            libc::openat(proc_fd, c"../../1/root/etc/passwd".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)
+            libc::openat(
+                proc_fd,
+                c"../../1/root/etc/passwd".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
         };
-        assert!(climbed < 0, "reached the host root through the fd directory");
+        assert!(
+            climbed < 0,
+            "reached the host root through the fd directory"
+        );
         // The fd directory still works as the passthrough uses it.
         let own = std::fs::File::open("/inside").unwrap();
         let name = CString::new(own.as_raw_fd().to_string()).unwrap();
         // SAFETY: reopen through the fd directory, as the passthrough does.
-        let reopened = unsafe { libc::openat(proc_fd, name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        let reopened =
+            unsafe { libc::openat(proc_fd, name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
         assert!(reopened >= 0, "reopen through the fd directory");
         // SAFETY: our fd.
         unsafe { libc::close(reopened) };

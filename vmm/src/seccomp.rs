@@ -1,0 +1,120 @@
+//! What the VMM's own threads may do once confined: the vCPU threads and
+//! the VMM thread (device workers are in `skiff_devices::virtio::seccomp`).
+//! docs/seccomp.md lists the same tables with the reason for each entry.
+//!
+//! Both confine themselves once the VM is built and started: everything
+//! they open is open, and what they would otherwise need later (device
+//! activation, creating a hot-added device, tearing the VM down) runs on
+//! the VM's launcher (`skiff_confine::launcher`).
+
+use std::os::fd::RawFd;
+
+use kvm_bindings::{kvm_ioeventfd, kvm_irqfd, kvm_regs, kvm_sregs, KVMIO};
+use skiff_confine::{with_common, Allowed, Check, ThreadPolicy};
+use vmm_sys_util::signal::SIGRTMIN;
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+
+ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
+
+fn ioctl(checks: Vec<Vec<Check>>) -> Allowed {
+    Allowed::when(libc::SYS_ioctl, "ioctl", checks)
+}
+
+fn request(nr: libc::c_ulong) -> Check {
+    Check::Eq(1, nr as u32)
+}
+
+/// A vCPU thread, whose vCPU fd is `vcpu_fd`: KVM_RUN and the exit
+/// handlers it runs in place (serial, i8042, boot timer, virtio-mmio
+/// registers, which hand device activation to the launcher).
+pub fn vcpu(vcpu_fd: RawFd) -> ThreadPolicy {
+    let on_fd = |nr| vec![Check::Eq(0, vcpu_fd as u32), request(nr)];
+    ThreadPolicy {
+        allowed: with_common(vec![
+            // KVM_RUN on its own vCPU only; the registers only to describe
+            // a triple fault or an internal error.
+            ioctl(vec![
+                on_fd(KVM_RUN()),
+                on_fd(KVM_GET_REGS()),
+                on_fd(KVM_GET_SREGS()),
+            ]),
+            // The console log's rotation (`console_log`): rename, then the
+            // same append-only open as at build time.
+            Allowed::always(libc::SYS_rename, "rename"),
+            Allowed::when(
+                libc::SYS_openat,
+                "openat",
+                vec![vec![
+                    Check::Eq(0, libc::AT_FDCWD as u32),
+                    Check::Eq(
+                        2,
+                        (libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC) as u32,
+                    ),
+                ]],
+            ),
+        ]),
+        keep_caps: Vec::new(),
+        // The kick that takes the thread out of KVM_RUN.
+        keep_signals: vec![SIGRTMIN()],
+    }
+}
+
+/// The VMM thread, once the VM runs: its event loop, vsock connects,
+/// pause and resume (kicking vCPUs), wiring and unwiring hot-plugged
+/// devices (created on the launcher).
+pub fn vmm() -> ThreadPolicy {
+    let kick_or_abort = vec![
+        vec![Check::Eq(2, SIGRTMIN() as u32)],
+        vec![Check::Eq(2, libc::SIGABRT as u32)],
+    ];
+    ThreadPolicy {
+        allowed: with_common(vec![
+            Allowed::always(libc::SYS_epoll_wait, "epoll_wait"),
+            Allowed::always(libc::SYS_epoll_pwait, "epoll_pwait"),
+            Allowed::always(libc::SYS_epoll_ctl, "epoll_ctl"),
+            Allowed::when(libc::SYS_tgkill, "tgkill", kick_or_abort),
+            // The host end of a vsock connect, made non-blocking.
+            Allowed::when(
+                libc::SYS_socketpair,
+                "socketpair",
+                vec![vec![Check::Eq(0, libc::AF_UNIX as u32)]],
+            ),
+            // Hot-plug: a transport's eventfds and their routes.
+            Allowed::always(libc::SYS_eventfd2, "eventfd2"),
+            ioctl(vec![
+                vec![request(libc::FIONBIO as libc::c_ulong)],
+                vec![request(KVM_IRQFD())],
+                vec![request(KVM_IOEVENTFD())],
+            ]),
+        ]),
+        keep_caps: Vec::new(),
+        keep_signals: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_confine::{filter, SeccompMode};
+
+    #[test]
+    fn ioctl_numbers_are_the_kernels() {
+        assert_eq!(KVM_RUN(), 0xAE80);
+        assert_eq!(KVM_GET_REGS(), 0x8090_AE81);
+        assert_eq!(KVM_GET_SREGS(), 0x8138_AE83);
+        assert_eq!(KVM_IRQFD(), 0x4020_AE76);
+        assert_eq!(KVM_IOEVENTFD(), 0x4040_AE79);
+    }
+
+    #[test]
+    fn the_vmm_filters_build() {
+        for p in [vcpu(3), vmm()] {
+            let program = filter::build(&p.allowed, SeccompMode::Enforce).unwrap();
+            assert!(program.len() < 4096);
+        }
+    }
+}
