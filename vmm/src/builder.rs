@@ -27,7 +27,7 @@ use crate::device_manager::{DeviceError, DeviceManager, MmioSlot};
 use crate::exit::{ExitReason, ExitSender};
 use crate::loader::{self, LoadError};
 use crate::timeline::{Milestone, Timeline};
-use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuHandle};
+use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuHandle, VcpuStopper};
 use crate::vstate::vm::{Vm, VmError};
 
 /// Errors building or starting a machine.
@@ -204,6 +204,14 @@ impl Machine {
 
     pub fn resume(&self) -> Result<(), VcpuError> {
         self.vcpu_handles.iter().try_for_each(VcpuHandle::resume)
+    }
+
+    /// What stops the vCPUs without the machine (see [`VcpuStopper`]).
+    pub fn vcpu_stoppers(&self) -> Vec<VcpuStopper> {
+        self.vcpu_handles
+            .iter()
+            .filter_map(VcpuHandle::stopper)
+            .collect()
     }
 
     /// The running vCPU `index` (tests of the confinement).

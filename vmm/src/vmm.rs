@@ -33,6 +33,7 @@ use crate::config::{ConsoleConfig, DeviceConfig, VmConfig};
 use crate::device_manager::MmioSlot;
 use crate::exit::{ExitReason, ExitSender};
 use crate::timeline::{Milestone, Timeline, TimelineReport};
+use crate::vstate::vcpu::VcpuStopper;
 
 /// How a VM ended.
 #[derive(Clone, Debug)]
@@ -107,7 +108,13 @@ impl VmmHandle {
         let exits = ExitSender::new(exit_tx, exit_evt.clone());
         let confinement = Confinement::start("skiff-launcher", SeccompMode::default())
             .map_err(|e| VmmError::Spawn(std::io::Error::other(e)))?;
-        confinement.on_violation(on_violation(exits.clone(), exit.clone(), timeline.clone()));
+        let vcpus = Arc::new(Mutex::new(Vec::new()));
+        confinement.on_violation(on_violation(
+            exits.clone(),
+            exit.clone(),
+            timeline.clone(),
+            vcpus.clone(),
+        ));
         let slot = confinement.slot(VMM_THREAD);
         let controller = Controller {
             state: VmState::Unconfigured,
@@ -122,6 +129,7 @@ impl VmmHandle {
             exit_slot: exit.clone(),
             confinement: confinement.clone(),
             slot: slot.clone(),
+            vcpus,
             quit: false,
         };
         let thread_slot = slot.clone();
@@ -270,13 +278,14 @@ impl Drop for VmmHandle {
 
 /// What the launcher does with a violation report: a stopped vCPU or
 /// device thread ends the VM through the VMM thread, as any exit does; a
-/// stopped VMM thread cannot, so the exit is published here. (Its vCPUs
-/// and devices are then left as they are until the process ends: the
-/// parked thread holds the machine.)
+/// stopped VMM thread cannot, so the vCPUs are stopped and the exit is
+/// published here. (The devices and guest memory stay until the process
+/// ends: the parked thread holds the machine.)
 fn on_violation(
     exits: ExitSender,
     exit_slot: Arc<ExitSlot>,
     timeline: Arc<Timeline>,
+    vcpus: Arc<Mutex<Vec<VcpuStopper>>>,
 ) -> impl Fn(Report) + Send + 'static {
     move |report: Report| {
         let reason = ExitReason::SeccompViolation {
@@ -284,6 +293,9 @@ fn on_violation(
             syscall: report.syscall,
         };
         if report.thread == VMM_THREAD {
+            for vcpu in vcpus.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                vcpu.stop();
+            }
             exit_slot.publish(&timeline, reason);
         } else {
             exits.send(reason);
@@ -305,6 +317,8 @@ struct Controller {
     exit_slot: Arc<ExitSlot>,
     confinement: Confinement,
     slot: Arc<Slot>,
+    /// For the launcher, should this thread be stopped (`on_violation`).
+    vcpus: Arc<Mutex<Vec<VcpuStopper>>>,
     quit: bool,
 }
 
@@ -441,6 +455,7 @@ impl Controller {
         self.confinement.set_mode(config.seccomp);
         let mut machine = Machine::build(config, &self.timeline, &self.exits, &self.confinement)?;
         machine.start()?;
+        *self.vcpus.lock().unwrap_or_else(|e| e.into_inner()) = machine.vcpu_stoppers();
         if config.console == ConsoleConfig::Stdio {
             // Best effort: stdin may be a file or closed, then no input.
             let _ = ops.add(Events::empty_raw(STDIN_FD).with_set(EventSet::IN));

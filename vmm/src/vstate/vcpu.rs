@@ -326,6 +326,36 @@ impl Drop for VcpuHandle {
     }
 }
 
+/// Stops a vCPU thread without its handle, for whoever cannot reach the
+/// handle: the launcher, when the VMM thread that owns the handles was
+/// stopped for a seccomp violation.
+#[derive(Clone)]
+pub struct VcpuStopper {
+    commands: Sender<Command>,
+    thread: libc::pthread_t,
+}
+
+impl VcpuStopper {
+    pub fn stop(&self) {
+        if self.commands.send(Command::Stop).is_ok() {
+            // SAFETY: the thread is not joined while its handle (in the
+            // machine) lives, so its pthread_t stays valid.
+            unsafe { libc::pthread_kill(self.thread, kick_signal()) };
+        }
+    }
+}
+
+impl VcpuHandle {
+    pub fn stopper(&self) -> Option<VcpuStopper> {
+        use std::os::unix::thread::JoinHandleExt;
+        let thread = self.thread.as_ref()?.as_pthread_t();
+        Some(VcpuStopper {
+            commands: self.commands.clone(),
+            thread,
+        })
+    }
+}
+
 /// A syscall no VMM thread's filter allows.
 #[cfg(feature = "test-hooks")]
 pub(crate) fn forbidden_syscall() {
