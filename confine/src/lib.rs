@@ -25,6 +25,7 @@
 
 pub mod caps;
 pub mod common;
+pub mod docs;
 pub mod filter;
 pub mod launcher;
 pub mod mode;

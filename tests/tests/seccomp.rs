@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use skiff_tests::{debug_initramfs, kernel};
 use skiff_vmm::api::TestThread;
 use skiff_vmm::config::{append_init_args, default_cmdline, host_has_hardware_virt};
-use skiff_vmm::{
-    ConsoleConfig, ExitReason, SeccompMode, VmConfig, VmmAction, VmmError, VmmHandle,
-};
+use skiff_vmm::{ConsoleConfig, ExitReason, SeccompMode, VmConfig, VmmAction, VmmError, VmmHandle};
 
 fn started_vm(console: &std::path::Path, args: &[&str]) -> VmmHandle {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -57,13 +55,18 @@ fn a_forbidden_call_on_a_vcpu_or_the_vmm_thread_ends_only_its_vm() {
         .expect("the VM ends");
     assert_eq!(exit.reason, violation("skiff-vcpu0"));
     assert!(
-        exit.reason.to_string().contains("skiff-vcpu0 made forbidden syscall 63 (uname)"),
+        exit.reason
+            .to_string()
+            .contains("skiff-vcpu0 made forbidden syscall 63 (uname)"),
         "{}",
         exit.reason
     );
     let started = Instant::now();
     drop(vm);
-    assert!(started.elapsed() < Duration::from_secs(10), "teardown waited");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "teardown waited"
+    );
 
     // The VMM thread: it never answers that request, and says so.
     let vm = started_vm(&dir.join("vmm.log"), &["sleep", "600"]);
@@ -78,7 +81,10 @@ fn a_forbidden_call_on_a_vcpu_or_the_vmm_thread_ends_only_its_vm() {
     assert!(vm.pause().is_err(), "a stopped VMM thread takes no request");
     let started = Instant::now();
     drop(vm);
-    assert!(started.elapsed() < Duration::from_secs(10), "teardown waited");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "teardown waited"
+    );
 
     // Nothing else in the process was harmed.
     let exit = bystander

@@ -111,6 +111,19 @@ mod tests {
     }
 
     #[test]
+    fn docs_seccomp_md_lists_exactly_these_tables() {
+        use skiff_confine::docs::{documented, names};
+        const DOC: &str = include_str!("../../docs/seccomp.md");
+        for (table, p) in [("vcpu", vcpu(3)), ("vmm", vmm())] {
+            let mut doc = documented(DOC, "common");
+            doc.extend(documented(DOC, table));
+            let mut code = names(&p.allowed);
+            code.extend(names(&filter::handler_floor()));
+            assert_eq!(code, doc, "docs/seccomp.md, table {table}");
+        }
+    }
+
+    #[test]
     fn the_vmm_filters_build() {
         for p in [vcpu(3), vmm()] {
             let program = filter::build(&p.allowed, SeccompMode::Enforce).unwrap();

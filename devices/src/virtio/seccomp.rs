@@ -278,6 +278,24 @@ mod tests {
     }
 
     #[test]
+    fn docs_seccomp_md_lists_exactly_these_tables() {
+        use skiff_confine::docs::{documented, names};
+        const DOC: &str = include_str!("../../../docs/seccomp.md");
+        for (table, p) in [
+            ("blk", block()),
+            ("net", net()),
+            ("vsock", vsock()),
+            ("fs", fs()),
+        ] {
+            let mut doc = documented(DOC, "common");
+            doc.extend(documented(DOC, table));
+            let mut code = names(&p.allowed);
+            code.extend(names(&filter::handler_floor()));
+            assert_eq!(code, doc, "docs/seccomp.md, table {table}");
+        }
+    }
+
+    #[test]
     fn every_worker_filter_builds() {
         for (name, p) in [
             ("blk", block()),
