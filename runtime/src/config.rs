@@ -68,6 +68,9 @@ pub struct HypervisorConfig {
     /// Confinement of the VMM's threads inside the shim (docs/seccomp.md):
     /// "enforce", "log" or "off".
     pub seccomp: SeccompMode,
+    /// The shim (the VM's threads and memory) joins the sandbox
+    /// container's cgroup (`linux.cgroupsPath`, cgroupfs form).
+    pub sandbox_cgroup: bool,
 }
 
 impl Default for HypervisorConfig {
@@ -82,6 +85,7 @@ impl Default for HypervisorConfig {
             debug_console: false,
             hotplug_slots: 4,
             seccomp: SeccompMode::Enforce,
+            sandbox_cgroup: true,
         }
     }
 }
@@ -257,6 +261,10 @@ mod tests {
         assert_eq!(parsed.hypervisor.vcpus, defaults.hypervisor.vcpus);
         assert_eq!(parsed.hypervisor.memory_mib, defaults.hypervisor.memory_mib);
         assert_eq!(parsed.hypervisor.seccomp, defaults.hypervisor.seccomp);
+        assert_eq!(
+            parsed.hypervisor.sandbox_cgroup,
+            defaults.hypervisor.sandbox_cgroup
+        );
         assert_eq!(parsed.shared_fs, defaults.shared_fs);
         assert_eq!(parsed.agent, defaults.agent);
         assert_eq!(parsed.log, defaults.log);

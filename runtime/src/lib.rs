@@ -6,8 +6,10 @@
 //!
 //! The containerd shim (`shim/`) maps the task API onto this crate.
 
+pub mod cgroup;
 pub mod config;
 pub mod features;
+pub mod limits;
 pub mod network;
 pub mod persist;
 pub mod sandbox;

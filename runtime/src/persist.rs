@@ -73,6 +73,10 @@ pub struct SandboxState {
     /// network namespace), if any.
     #[serde(default)]
     pub network: Option<PodNetwork>,
+    /// cgroup directories made for the sandbox (`cgroup`), removed once
+    /// the shim is gone.
+    #[serde(default)]
+    pub cgroup_dirs: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -164,6 +168,7 @@ mod tests {
                 netns: "/var/run/netns/cni-1".into(),
                 ..Default::default()
             }),
+            cgroup_dirs: vec!["/sys/fs/cgroup/x".into()],
         };
         state.save(dir.path()).unwrap();
         assert_eq!(SandboxState::load(dir.path()).unwrap(), state);

@@ -26,6 +26,7 @@ use skiff_vmm::config::{
 use skiff_vmm::timeline::Milestone;
 use skiff_vmm::{ConsoleConfig, VmConfig, VmState, VmmError, VmmHandle};
 
+use crate::cgroup::{self, CgroupError, SandboxCgroup};
 use crate::config::{ConfigError, RuntimeConfig, SharedFsConfig, SHARED_FS_TMPFS_INODES};
 use crate::network::{self, NetworkError, PodNetwork};
 use crate::persist::{self, ContainerState, PersistError, SandboxState};
@@ -49,6 +50,8 @@ pub enum SandboxError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Persist(#[from] PersistError),
+    #[error("sandbox cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(transparent)]
@@ -132,6 +135,8 @@ pub struct Sandbox {
     timeline: BootTimeline,
     /// The VMM slots of the block devices hot-added for each container.
     block_devices: Mutex<HashMap<String, Vec<u32>>>,
+    /// Left when the sandbox shuts down (`cgroup`).
+    cgroup: Mutex<Option<SandboxCgroup>>,
 }
 
 /// Undoes a half-made sandbox unless disarmed.
@@ -244,6 +249,7 @@ impl Sandbox {
         hostname: &str,
         config: &RuntimeConfig,
         pod_network: Option<PodNetwork>,
+        cgroups_path: Option<&str>,
         origin: Instant,
     ) -> Result<Self, SandboxError> {
         config.validate()?;
@@ -266,6 +272,11 @@ impl Sandbox {
         }
         make_state_dir(&dir)?;
         let mut undo = Undo(Some(&dir));
+        // Before the VM exists, so all of it is charged there.
+        let cgroup = match cgroups_path.filter(|_| config.hypervisor.sandbox_cgroup) {
+            Some(path) => SandboxCgroup::join(path, std::process::id())?,
+            None => None,
+        };
         let share_root = mount_share(&dir, &config.shared_fs)?;
         let share = share_root.path().to_path_buf();
         let state = SandboxState {
@@ -274,6 +285,10 @@ impl Sandbox {
             share_dir: share.clone(),
             containers: Vec::new(),
             network: pod_network.clone(),
+            cgroup_dirs: cgroup
+                .as_ref()
+                .map(SandboxCgroup::created_dirs)
+                .unwrap_or_default(),
         };
         state.save(&dir)?;
 
@@ -308,8 +323,7 @@ impl Sandbox {
                 mac: Some(mac),
             }));
         }
-        let vmm = spawn_vmm(pod_network.as_ref(), origin)?;
-        vmm.configure(VmConfig {
+        let vm_config = VmConfig {
             kernel: hv.kernel.clone(),
             initrd: Some(hv.initrd.clone()),
             cmdline,
@@ -319,7 +333,13 @@ impl Sandbox {
             devices,
             hotplug_slots: hv.hotplug_slots,
             seccomp: hv.seccomp,
-        })?;
+        };
+        match crate::limits::set_fd_limit(crate::limits::pod_fd_limit(&vm_config)) {
+            Ok(limit) => tracing::info!(limit, "open-file limit sized for the pod"),
+            Err(e) => tracing::warn!("open-file limit unchanged: {e}"),
+        }
+        let vmm = spawn_vmm(pod_network.as_ref(), origin)?;
+        vmm.configure(vm_config)?;
         vmm.start()?;
         // The VMM made the taps when the VM started.
         if let Some(net) = &pod_network {
@@ -351,6 +371,7 @@ impl Sandbox {
             state: Mutex::new(state),
             timeline,
             block_devices: Mutex::default(),
+            cgroup: Mutex::new(cgroup),
         };
         sandbox.set_guest_clock()?;
         let mut storage = Storage::new();
@@ -654,6 +675,9 @@ impl Sandbox {
         }
         // Already stopped is fine; the VMM thread ends when this is dropped.
         let _ = self.vmm.stop();
+        if let Some(mut cgroup) = self.cgroup.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            cgroup.leave();
+        }
         remove_sandbox_dir(&self.dir)
     }
 }
@@ -787,6 +811,7 @@ pub fn cleanup_dead_sandbox(id: &str) -> Result<Cleanup, SandboxError> {
         if state.shim_pid != std::process::id() && persist::shim_alive(state.shim_pid) {
             return Ok(Cleanup::default());
         }
+        cgroup::remove_dead(&state.cgroup_dirs);
     }
     remove_sandbox_dir(&dir)?;
     Ok(Cleanup {

@@ -249,9 +249,18 @@ impl Inner {
                 None
             }
         };
-        let sandbox = Sandbox::boot(sandbox_id, &hostname, config, pod_network, origin)
-            .map(Arc::new)
-            .map_err(|e| status(Code::UNKNOWN, format!("boot sandbox {sandbox_id}: {e}")))?;
+        let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        let cgroups_path = cgroups_path.as_deref().and_then(|p| p.to_str());
+        let sandbox = Sandbox::boot(
+            sandbox_id,
+            &hostname,
+            config,
+            pod_network,
+            cgroups_path,
+            origin,
+        )
+        .map(Arc::new)
+        .map_err(|e| status(Code::UNKNOWN, format!("boot sandbox {sandbox_id}: {e}")))?;
         tracing::info!("sandbox {sandbox_id} boot timeline: {}", sandbox.timeline());
         *slot = Some(sandbox.clone());
         self.watch_oom(sandbox.clone());

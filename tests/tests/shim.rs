@@ -495,6 +495,42 @@ fn containers_run_through_real_containerd(release: &Release, name: &str) {
             .unwrap();
     assert_eq!(state["containers"][0]["id"], "crash");
     let shim_pid = state["shim_pid"].as_i64().unwrap() as i32;
+    // Its open-file limit is the pod's size (a share's 20481 fds, 1024
+    // vsock streams, the runtime's), not the host's maximum.
+    let limits = std::fs::read_to_string(format!("/proc/{shim_pid}/limits")).unwrap();
+    let open_files: Vec<u64> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        open_files.len() == 2
+            && open_files[0] == open_files[1]
+            && (25_000..65_536).contains(&open_files[0]),
+        "{limits}"
+    );
+    // Each VMM thread of this pod (blk is not in it) confined itself.
+    let log = ctrd.log();
+    for thread in [
+        "skiff-vmm",
+        "skiff-vcpu0",
+        "skiff-vsock",
+        "virtio-fs",
+        "virtio-net",
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains("seccomp filter installed")
+                && l.contains(&format!("thread={thread} "))
+                && l.contains("mode=enforce")),
+            "no filter installed on {thread} in the shim's log"
+        );
+    }
+    assert!(
+        !log.contains("forbidden syscall"),
+        "a VMM thread was stopped"
+    );
     assert_eq!(unsafe { libc::kill(shim_pid, libc::SIGKILL) }, 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     while task_status(&ctrd, "crash").as_deref() == Some("RUNNING") {

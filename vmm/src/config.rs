@@ -358,7 +358,37 @@ pub fn append_init_args(cmdline: &str, args: &[String]) -> Result<String, Config
     Ok(out)
 }
 
+/// Fds each virtio device holds whatever the guest does: its backend, the
+/// transport's irqfd and queue eventfds, the worker's epoll and kill
+/// eventfd, with room to spare.
+const FDS_PER_DEVICE: u64 = 16;
+/// Fds of the VM itself: /dev/kvm, the VM, each vCPU with room, the
+/// legacy devices' eventfds, the console log, the launcher's eventfds.
+const FDS_PER_VM: u64 = 64;
+
 impl VmConfig {
+    /// The most fds this VM holds at once, whatever its guest does: each
+    /// virtio-fs share holds at most `FsLimits::max_fds` for the guest,
+    /// a vsock device at most one host stream per connection, and every
+    /// hotplug slot may get a disk. What the owner sizes `RLIMIT_NOFILE`
+    /// by.
+    pub fn max_fds(&self) -> u64 {
+        let guest_grown = |d: &DeviceConfig| -> u64 {
+            match d {
+                DeviceConfig::Fs(_) => {
+                    skiff_devices::virtio::fs::FsLimits::default().max_fds() as u64
+                }
+                DeviceConfig::Vsock(_) => skiff_devices::virtio::vsock::MAX_CONNECTIONS as u64,
+                DeviceConfig::Block(_) | DeviceConfig::Net(_) => 0,
+            }
+        };
+        let devices = self.devices.len() as u64 + u64::from(self.hotplug_slots);
+        FDS_PER_VM
+            + u64::from(self.vcpus) * 2
+            + devices * FDS_PER_DEVICE
+            + self.devices.iter().map(guest_grown).sum::<u64>()
+    }
+
     /// Checks what can be checked without touching KVM; `max_vcpus` is the
     /// lower of KVM's and the MP table's limits.
     pub fn validate(&self, max_vcpus: u64) -> Result<(), ConfigError> {

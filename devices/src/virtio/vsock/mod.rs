@@ -25,6 +25,7 @@ mod tests;
 
 pub use device::Vsock;
 pub use host::{await_established, VsockConnector, DEFAULT_CONNECT_TIMEOUT};
+pub use muxer::MAX_CONNECTIONS;
 pub use worker::VsockWorker;
 
 /// The host's CID (virtio 1.2, 5.10.4).

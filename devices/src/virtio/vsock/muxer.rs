@@ -29,7 +29,7 @@ use super::packet::{op, Header, TYPE_STREAM};
 use super::HOST_CID;
 
 /// Connections (and hybrid clients still sending CONNECT) at once.
-pub(crate) const MAX_CONNECTIONS: usize = 1024;
+pub const MAX_CONNECTIONS: usize = 1024;
 /// Connectionless RSTs waiting for RX buffers.
 const MAX_CONTROL: usize = 256;
 /// Host ports allocated to host-initiated connections start here.
