@@ -531,6 +531,24 @@ fn containers_run_through_real_containerd(release: &Release, name: &str) {
         !log.contains("forbidden syscall"),
         "a VMM thread was stopped"
     );
+    // The shim, and its VM, joined the sandbox container's cgroup
+    // (ctr's cgroupfs path /<namespace>/<id>), which it made.
+    let cgroup_dirs: Vec<std::path::PathBuf> = state["cgroup_dirs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().into())
+        .collect();
+    assert!(!cgroup_dirs.is_empty(), "{state}");
+    let membership = std::fs::read_to_string(format!("/proc/{shim_pid}/cgroup")).unwrap();
+    for dir in &cgroup_dirs {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|p| p == shim_pid.to_string()),
+            "{} holds {procs}; the shim is in {membership}",
+            dir.display()
+        );
+    }
     assert_eq!(unsafe { libc::kill(shim_pid, libc::SIGKILL) }, 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     while task_status(&ctrd, "crash").as_deref() == Some("RUNNING") {
@@ -549,6 +567,9 @@ fn containers_run_through_real_containerd(release: &Release, name: &str) {
     );
     assert_clean(&ctrd, "crash");
     assert_eq!(crash_net.skiff_leftovers(), Vec::<String>::new());
+    for dir in &cgroup_dirs {
+        assert!(!dir.exists(), "{} outlived the dead shim", dir.display());
+    }
     steps.mark("shim SIGKILL + task rm -f + c rm: nothing left");
 
     // containerd 2.x runs the shim's -info before every task Create.
