@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 use std::os::fd::IntoRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oci_spec::runtime::{LinuxDeviceType, Spec};
@@ -24,7 +25,7 @@ use skiff_vmm::config::{
     NetConfig, VsockConfig,
 };
 use skiff_vmm::timeline::Milestone;
-use skiff_vmm::{ConsoleConfig, VmConfig, VmState, VmmError, VmmHandle};
+use skiff_vmm::{ConsoleConfig, ExitReason, VmConfig, VmState, VmmError, VmmHandle};
 
 use crate::cgroup::{self, CgroupError, SandboxCgroup};
 use crate::config::{ConfigError, RuntimeConfig, SharedFsConfig, SHARED_FS_TMPFS_INODES};
@@ -129,7 +130,7 @@ pub struct Sandbox {
     /// guest's to change and is only reached through this fd.
     share: HostDir,
     request_timeout: Duration,
-    vmm: VmmHandle,
+    vmm: Arc<VmmHandle>,
     agent: AgentServiceClient,
     state: Mutex<SandboxState>,
     timeline: BootTimeline,
@@ -345,7 +346,8 @@ impl Sandbox {
         if let Some(net) = &pod_network {
             network::connect(net)?;
         }
-        let agent = connect_agent(&vmm, config.agent.boot_timeout_secs, &console)?;
+        let (agent, agent_stream) = connect_agent(&vmm, config.agent.boot_timeout_secs, &console)?;
+        let vmm = Arc::new(vmm);
         let mut timeline = BootTimeline::default();
         let report = vmm.timeline();
         for milestone in [
@@ -387,6 +389,7 @@ impl Sandbox {
             .create_sandbox(sandbox.ctx(), &req)
             .map_err(agent_err("CreateSandbox"))?;
         sandbox.configure_guest_network(pod_network.as_ref())?;
+        watch_vm_exit(id, sandbox.vmm.clone(), agent_stream);
         undo.0 = None;
         Ok(sandbox)
     }
@@ -756,22 +759,59 @@ fn ms_since(origin: Instant) -> f64 {
 
 /// Connects to the agent's vsock port until it answers a health check,
 /// the VM ends, or the deadline passes.
+/// The VM exit watcher holds the VMM too: stopping the VM here ends it,
+/// and the VM with the last holder, should a sandbox go without
+/// [`Sandbox::shutdown`].
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.vmm.stop();
+    }
+}
+
+/// Logs why the VM ended when it ends on its own (the guest, a fault, a
+/// VMM thread stopped by its seccomp filter), and closes the agent's
+/// stream, so every call waiting in the agent (a process's wait, the OOM
+/// events) fails at once and the containers are reported exited: the
+/// device side of that stream may be held by a parked thread and never
+/// close by itself.
+fn watch_vm_exit(id: &str, vmm: Arc<VmmHandle>, agent_stream: UnixStream) {
+    let id = id.to_string();
+    let watcher = std::thread::Builder::new()
+        .name("vm-exit".into())
+        .spawn(move || {
+            let Some(exit) = vmm.wait_exit(None) else {
+                return;
+            };
+            if exit.reason != ExitReason::Stopped {
+                tracing::error!("sandbox {id}: the VM ended: {}", exit.reason);
+            }
+            let _ = agent_stream.shutdown(std::net::Shutdown::Both);
+        });
+    if let Err(e) = watcher {
+        tracing::warn!("sandbox: no VM exit watcher: {e}");
+    }
+}
+
+/// The agent's client and a handle on its stream (see [`watch_vm_exit`]).
 fn connect_agent(
     vmm: &VmmHandle,
     timeout_secs: u64,
     console: &Path,
-) -> Result<AgentServiceClient, SandboxError> {
+) -> Result<(AgentServiceClient, UnixStream), SandboxError> {
     let deadline = Instant::now() + Duration::from_secs(timeout_secs);
     loop {
         let state = vmm.state()?;
         if state == VmState::Running {
             if let Ok(stream) = vmm.vsock_connect(DEFAULT_VSOCK_PORT) {
+                let handle = stream
+                    .try_clone()
+                    .map_err(|e| agent_err("connect")(ttrpc::Error::Others(e.to_string())))?;
                 let client = ttrpc::Client::new(stream.into_raw_fd())
                     .map(AgentServiceClient::new)
                     .map_err(agent_err("connect"))?;
                 let ctx = ttrpc::context::with_timeout(Duration::from_secs(30).as_nanos() as i64);
                 if client.check(ctx, &CheckRequest::new()).is_ok() {
-                    return Ok(client);
+                    return Ok((client, handle));
                 }
             }
         }
