@@ -47,25 +47,31 @@ def main():
     ap.add_argument("--initrd", default=os.path.join(REPO, "build/guest/initramfs-debug.cpio"))
     ap.add_argument("--vm-run", default=os.path.join(REPO, "target/release/vm-run"))
     ap.add_argument("--qemu", default="qemu-system-x86_64")
+    ap.add_argument("--seccomp", default="enforce",
+                    help="vm-run --seccomp modes, comma-separated: each is run every round "
+                         "(e.g. enforce,off to see what the confinement costs)")
     args = ap.parse_args()
+    modes = args.seccomp.split(",")
     guest_bytes = args.memory << 20
 
-    skiff_cmd = [args.vm_run, "--kernel", args.kernel, "--initrd", args.initrd,
-                 "--memory", str(args.memory), "--json", "--", "true"]
-    results = {"skiff": [], "qemu": []}
+    names = [f"skiff {m}" if len(modes) > 1 else "skiff" for m in modes]
+    results = {name: [] for name in names + ["qemu"]}
     cmdline = None
     for i in range(args.runs):
-        r = measure(skiff_cmd, guest_bytes)
-        if r["rc"] != 0:
-            sys.exit(f"vm-run failed (rc {r['rc']}):\n{r['stderr']}")
-        report = json.loads([l for l in r["stderr"].splitlines() if l.startswith("{")][-1])
-        cmdline = report["cmdline"].split(" -- ")[0]
-        r["self_vmm_cpu"] = report["vmm_cpu_ms"] / 1e3
-        marks = {m["milestone"]: m for m in report["timeline"]["marks"]}
-        r["first_kvm_run"] = marks["first_kvm_run"]["wall_ms"] / 1e3
-        r["self_init"] = marks["guest_init"]["wall_ms"] / 1e3 if "guest_init" in marks else None
-        results["skiff"].append(r)
-        print(f"run {i + 1}/{args.runs} skiff: init {r['init']:.2f} s", file=sys.stderr)
+        for mode, name in zip(modes, names):
+            skiff_cmd = [args.vm_run, "--kernel", args.kernel, "--initrd", args.initrd,
+                         "--memory", str(args.memory), "--seccomp", mode, "--json", "--", "true"]
+            r = measure(skiff_cmd, guest_bytes)
+            if r["rc"] != 0:
+                sys.exit(f"vm-run failed (rc {r['rc']}):\n{r['stderr']}")
+            report = json.loads([l for l in r["stderr"].splitlines() if l.startswith("{")][-1])
+            cmdline = report["cmdline"].split(" -- ")[0]
+            r["self_vmm_cpu"] = report["vmm_cpu_ms"] / 1e3
+            marks = {m["milestone"]: m for m in report["timeline"]["marks"]}
+            r["first_kvm_run"] = marks["first_kvm_run"]["wall_ms"] / 1e3
+            r["self_init"] = marks["guest_init"]["wall_ms"] / 1e3 if "guest_init" in marks else None
+            results[name].append(r)
+            print(f"run {i + 1}/{args.runs} {name}: init {r['init']:.2f} s", file=sys.stderr)
 
         qemu_cmd = vmmbench.qemu_microvm(args.kernel, args.initrd, cmdline, args.memory,
                                          qemu=args.qemu)
@@ -91,13 +97,18 @@ def main():
     ]
     print(f"\nBoot benchmark: {args.runs} runs each, median; 1 vCPU, {args.memory} MiB; "
           f"cmdline: {cmdline} -- true")
-    print(f"| metric | skiff | qemu microvm | skiff/qemu |")
-    print(f"|---|---:|---:|---:|")
+    ratios = [(names[0], "qemu")] + [(names[0], n) for n in names[1:]]
+    head = " | ".join(names + ["qemu microvm"] + [f"{a}/{b}" for a, b in ratios])
+    print(f"| metric | {head} |")
+    print("|---|" + "---:|" * (len(names) + 1 + len(ratios)))
+    fmt = lambda v, scale: "n/a" if v is None else f"{v * scale:.1f}"
     for label, key, scale in rows:
-        s, q = med("skiff", key), med("qemu", key)
-        fmt = lambda v: "n/a" if v is None else f"{v * scale:.1f}"
-        ratio = "n/a" if s is None or not q else f"{s / q:.2f}"
-        print(f"| {label} | {fmt(s)} | {fmt(q)} | {ratio} |")
+        values = {n: med(n, key) for n in names + ["qemu"]}
+        cells = [fmt(values[n], scale) for n in names + ["qemu"]]
+        for a, b in ratios:
+            x, y = values[a], values[b]
+            cells.append("n/a" if x is None or not y else f"{x / y:.2f}")
+        print(f"| {label} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

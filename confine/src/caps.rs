@@ -19,9 +19,14 @@ pub enum CapsError {
 /// permitted), an empty bounding set but for `keep`, and no-new-privs.
 pub fn keep_only(keep: &[Capability]) -> Result<(), CapsError> {
     let keep: CapsHashSet = keep.iter().copied().collect();
-    for cap in caps::read(None, CapSet::Bounding)? {
-        if !keep.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap)?;
+    // Shrinking the bounding set takes CAP_SETPCAP; a thread without it
+    // (vm-run as a user in the kvm group) has nothing to bound, and
+    // no-new-privs below keeps it from gaining anything.
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)? {
+        for cap in caps::read(None, CapSet::Bounding)? {
+            if !keep.contains(&cap) {
+                caps::drop(None, CapSet::Bounding, cap)?;
+            }
         }
     }
     caps::clear(None, CapSet::Ambient)?;

@@ -32,6 +32,22 @@ pub fn names(allowed: &[Allowed]) -> BTreeSet<String> {
     allowed.iter().map(|a| a.name.to_string()).collect()
 }
 
+/// What the document says a thread with table `name` may call: the
+/// common table and its own.
+pub fn documented_thread(doc: &str, name: &str) -> BTreeSet<String> {
+    let mut all = documented(doc, "common");
+    all.extend(documented(doc, name));
+    all
+}
+
+/// What a thread under `policy` may call: its table and the handler's
+/// floor, which every filter adds.
+pub fn allowed_by(policy: &crate::ThreadPolicy) -> BTreeSet<String> {
+    let mut all = names(&policy.allowed);
+    all.extend(names(&crate::filter::handler_floor()));
+    all
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

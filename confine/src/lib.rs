@@ -64,3 +64,16 @@ pub fn join_unless_parked<T>(thread: JoinHandle<T>, slot: &Slot) -> Option<T> {
         slot.wait_not_running(Duration::from_millis(200));
     }
 }
+
+/// Installs `policy` on the calling thread in `log` mode: what the filter
+/// costs, without stopping anything else the caller does (benchmarks run
+/// their timed loop under a device's filter this way).
+pub fn install_for_measurement(policy: &ThreadPolicy) -> Result<(), ConfineError> {
+    let confinement = Confinement::start("measure-launcher", SeccompMode::Log)?;
+    let slot = confinement.slot("measured");
+    confinement.confine_current_thread(&slot, policy)?;
+    confinement.shutdown();
+    // The thread never ends its confined section: keep its slot.
+    std::mem::forget(slot);
+    Ok(())
+}

@@ -6,7 +6,8 @@
 //! (defaults 100000 and 1: one request per notification, as an emulated
 //! guest at queue depth 1 sends them). For instructions per request, run
 //! the built binary under `valgrind --tool=callgrind` with N and with 0,
-//! and divide the difference by N.
+//! and divide the difference by N. `--seccomp` runs the timed loop under
+//! the device worker's seccomp filter.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -84,6 +85,11 @@ fn main() {
 
     let sectors = DISK_SIZE / 512;
     let (mut avail_idx, mut done, mut sector) = (0u16, 0u64, 0u64);
+    // `--seccomp`: the timed loop runs under the block worker's filter (log
+    // mode: its cost, without stopping the bench's own calls).
+    if std::env::args().any(|a| a == "--seccomp") {
+        skiff_confine::install_for_measurement(&skiff_devices::virtio::seccomp::block()).unwrap();
+    }
     let start = Instant::now();
     while done < n {
         let this = u64::from(batch).min(n - done) as u16;

@@ -191,6 +191,11 @@ fn main() {
         data_bufs.push((buf, read.offset));
     }
 
+    // `--seccomp`: the timed loop runs under the fs worker's filter (log
+    // mode: its cost, without stopping the bench's own calls).
+    if std::env::args().any(|a| a == "--seccomp") {
+        skiff_confine::install_for_measurement(&skiff_devices::virtio::seccomp::fs()).unwrap();
+    }
     let start = Instant::now();
     let mut done = 0u64;
     while done < n {

@@ -107,6 +107,11 @@ fn main() {
     );
 
     // The driver: make up to a ring's worth of chains available, kick.
+    // `--seccomp`: the timed loop runs under the net worker's filter (log
+    // mode: its cost, without stopping the bench's own calls).
+    if std::env::args().any(|a| a == "--seccomp") {
+        skiff_confine::install_for_measurement(&skiff_devices::virtio::seccomp::net()).unwrap();
+    }
     let start = Instant::now();
     let mut avail_idx: u16 = 0;
     let mut left = frames;

@@ -335,8 +335,9 @@ impl Sandbox {
             hotplug_slots: hv.hotplug_slots,
             seccomp: hv.seccomp,
         };
-        match crate::limits::set_fd_limit(crate::limits::pod_fd_limit(&vm_config)) {
-            Ok(limit) => tracing::info!(limit, "open-file limit sized for the pod"),
+        let wanted = crate::limits::pod_fd_limit(&vm_config);
+        match crate::limits::set_fd_limit(wanted) {
+            Ok(limit) => tracing::info!(limit, wanted, "open-file limit sized for the pod"),
             Err(e) => tracing::warn!("open-file limit unchanged: {e}"),
         }
         let vmm = spawn_vmm(pod_network.as_ref(), origin)?;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use skiff_agent_protocol::agent_ttrpc::AgentServiceClient;
 use skiff_agent_protocol::{ttrpc, DEFAULT_VSOCK_PORT};
-use skiff_vmm::config::{default_cmdline, host_has_hardware_virt, DeviceConfig};
+use skiff_vmm::config::{append_init_args, default_cmdline, host_has_hardware_virt, DeviceConfig};
 use skiff_vmm::{ConsoleConfig, VmConfig, VmState, VmmHandle};
 
 /// A test's scratch directory, `$TMPDIR/skiff-NAME-PID`: empty at the
@@ -159,6 +159,24 @@ pub fn make_ext4(image: &Path, content_dir: &Path) {
         .status()
         .expect("mkfs.ext4: apt-get install e2fsprogs");
     assert!(status.success(), "mkfs.ext4 {}", image.display());
+}
+
+/// A VM that boots the debug initramfs (1 vCPU, 128 MiB, no devices) and
+/// runs `init_args`, its console in `console`.
+pub fn debug_vm_config(console: &Path, init_args: &[&str]) -> VmConfig {
+    let args: Vec<String> = init_args.iter().map(|a| a.to_string()).collect();
+    VmConfig {
+        kernel: kernel(),
+        initrd: Some(debug_initramfs()),
+        cmdline: append_init_args(&default_cmdline(host_has_hardware_virt()), &args)
+            .expect("init arguments fit the command line"),
+        vcpus: 1,
+        memory_mib: 128,
+        console: ConsoleConfig::File(console.to_path_buf()),
+        devices: Vec::new(),
+        hotplug_slots: 0,
+        seccomp: seccomp_mode(),
+    }
 }
 
 /// A VM that boots the agent initramfs (1 vCPU, 256 MiB) with `devices`

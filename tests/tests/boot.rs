@@ -4,9 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use skiff_tests::{debug_initramfs, kernel, vm_run};
-use skiff_vmm::config::{append_init_args, default_cmdline, host_has_hardware_virt};
-use skiff_vmm::{ConsoleConfig, ExitReason, VmConfig, VmState, VmmHandle};
+use skiff_tests::{debug_initramfs, debug_vm_config, kernel, vm_run};
+use skiff_vmm::{ExitReason, VmState, VmmHandle};
 
 /// Generous: an emulated guest kernel boots in about 30-60 s here.
 const BOOT_TIMEOUT: &str = "400";
@@ -18,27 +17,11 @@ const BOOT_TIMEOUT: &str = "400";
 fn api_boots_pauses_resumes_and_runs_a_command() {
     let console = std::env::temp_dir().join(format!("skiff-api-boot-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&console);
-    let cmdline = append_init_args(
-        &default_cmdline(host_has_hardware_virt()),
-        &["echo".into(), "hello from the guest".into()],
-    )
-    .unwrap();
-
     let vmm = VmmHandle::spawn(Instant::now()).unwrap();
     assert_eq!(vmm.state().unwrap(), VmState::Unconfigured);
     assert!(vmm.start().is_err(), "start before configure must fail");
-    vmm.configure(VmConfig {
-        kernel: kernel(),
-        initrd: Some(debug_initramfs()),
-        cmdline,
-        vcpus: 1,
-        memory_mib: 128,
-        console: ConsoleConfig::File(console.clone()),
-        devices: Vec::new(),
-        hotplug_slots: 0,
-        seccomp: skiff_tests::seccomp_mode(),
-    })
-    .unwrap();
+    vmm.configure(debug_vm_config(&console, &["echo", "hello from the guest"]))
+        .unwrap();
     assert_eq!(vmm.state().unwrap(), VmState::Configured);
     vmm.start().unwrap();
     assert_eq!(vmm.state().unwrap(), VmState::Running);

@@ -7,25 +7,15 @@
 
 use std::time::{Duration, Instant};
 
-use skiff_tests::{debug_initramfs, kernel};
+use skiff_tests::debug_vm_config;
 use skiff_vmm::api::TestThread;
-use skiff_vmm::config::{append_init_args, default_cmdline, host_has_hardware_virt};
-use skiff_vmm::{ConsoleConfig, ExitReason, SeccompMode, VmConfig, VmmAction, VmmError, VmmHandle};
+use skiff_vmm::{ExitReason, SeccompMode, VmConfig, VmmAction, VmmError, VmmHandle};
 
 fn started_vm(console: &std::path::Path, args: &[&str]) -> VmmHandle {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let cmdline = append_init_args(&default_cmdline(host_has_hardware_virt()), &args).unwrap();
     let vmm = VmmHandle::spawn(Instant::now()).unwrap();
     vmm.configure(VmConfig {
-        kernel: kernel(),
-        initrd: Some(debug_initramfs()),
-        cmdline,
-        vcpus: 1,
-        memory_mib: 128,
-        console: ConsoleConfig::File(console.to_path_buf()),
-        devices: Vec::new(),
-        hotplug_slots: 0,
         seccomp: SeccompMode::Enforce,
+        ..debug_vm_config(console, args)
     })
     .unwrap();
     vmm.start().unwrap();
