@@ -1,3 +1,12 @@
+"""The syscalls each VMM thread made, grouped by thread name, from strace
+logs: what a thread's seccomp table (docs/seccomp.md) must allow.
+
+    strace -f -qq -Y -e signal=none -o /tmp/devices.txt \\
+        target/release/deps/devices-<hash> --test-threads=1
+    python3 scripts/strace-by-thread.py /tmp/devices.txt [more logs...]
+
+A thread's calls before it names itself are counted under its parent.
+"""
 import re, sys, collections
 pat = re.compile(r'^(\d+)<([^>]*)> (?:<\.\.\. (\w+) resumed>|(\w+)\()(.*)$')
 calls = collections.defaultdict(collections.Counter)
