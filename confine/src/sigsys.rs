@@ -71,11 +71,6 @@ impl Slot {
         }
     }
 
-    /// A slot that lives as long as the process (tests).
-    pub fn leak(name: &str) -> &'static Slot {
-        Box::leak(Box::new(Slot::new(name)))
-    }
-
     /// True once the thread is parked.
     pub fn is_parked(&self) -> bool {
         self.state.load(Ordering::Acquire) == PARKED
