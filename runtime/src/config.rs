@@ -34,9 +34,12 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// The VM's virtio-mmio slots less those the sandbox boots with (vsock,
-/// the shared directory, one pod interface).
-const MAX_HOTPLUG_SLOTS: u8 = skiff_vmm::device_manager::MAX_SLOTS as u8 - 3;
+/// The virtio devices every sandbox VM boots with: vsock and the shared
+/// directory (`sandbox::vm::config` builds them). Its pod interfaces come
+/// on top; only the boot, which knows them, can check the full count.
+pub const BOOT_DEVICES: usize = 2;
+/// The VM's virtio-mmio slots less those every sandbox boots with.
+const MAX_HOTPLUG_SLOTS: u8 = (skiff_vmm::device_manager::MAX_SLOTS - BOOT_DEVICES) as u8;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -302,10 +305,10 @@ mod tests {
         config.hypervisor.kernel = exists.clone();
         config.hypervisor.initrd = exists;
         config.validate().unwrap();
-        config.hypervisor.hotplug_slots = 17;
+        config.hypervisor.hotplug_slots = 18;
         assert_eq!(
             config.validate().unwrap_err().to_string(),
-            "configuration: hypervisor.hotplug_slots = 17 is above the maximum of 16"
+            "configuration: hypervisor.hotplug_slots = 18 is above the maximum of 17"
         );
 
         let mut config = RuntimeConfig::default();

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::network::PodNetwork;
+use crate::pod_net::PodNetwork;
 
 /// Parent of every sandbox's state directory.
 pub const STATE_ROOT: &str = "/run/skiff/sbs";

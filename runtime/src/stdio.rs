@@ -7,11 +7,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use skiff_agent_protocol::agent::{ProcessRequest, ReadStreamRequest, WriteStreamRequest};
-use skiff_agent_protocol::agent_ttrpc::AgentServiceClient;
-use skiff_agent_protocol::ttrpc::context::Context;
+use crate::agent::{Agent, OutputStream};
 
 /// Bytes asked for per agent read.
 const CHUNK: u32 = 64 * 1024;
@@ -60,12 +59,6 @@ fn open_output(uri: &str) -> Result<Sink, StdioError> {
         .map_err(|err| StdioError::Open { path, err })
 }
 
-#[derive(Clone, Copy)]
-enum Stream {
-    Stdout,
-    Stderr,
-}
-
 /// The running relays of one process.
 pub struct Relays {
     outputs: usize,
@@ -75,7 +68,7 @@ pub struct Relays {
 impl Relays {
     /// Starts relaying the streams of process (`container_id`, `exec_id`).
     pub fn start(
-        agent: &AgentServiceClient,
+        agent: &Arc<dyn Agent>,
         container_id: &str,
         exec_id: &str,
         paths: &StdioPaths,
@@ -87,7 +80,10 @@ impl Relays {
             .transpose()?;
         let (done_tx, done) = channel();
         let mut outputs = 0;
-        for (sink, stream) in [(Some(stdout), Stream::Stdout), (stderr, Stream::Stderr)] {
+        for (sink, stream) in [
+            (Some(stdout), OutputStream::Stdout),
+            (stderr, OutputStream::Stderr),
+        ] {
             let Some(sink) = sink else { continue };
             let relay = OutputRelay {
                 agent: agent.clone(),
@@ -141,28 +137,23 @@ impl Relays {
 }
 
 struct OutputRelay {
-    agent: AgentServiceClient,
+    agent: Arc<dyn Agent>,
     container_id: String,
     exec_id: String,
-    stream: Stream,
+    stream: OutputStream,
     sink: Sink,
     done: Sender<()>,
 }
 
 impl OutputRelay {
     fn run(mut self) {
-        let mut req = ReadStreamRequest::new();
-        req.container_id = self.container_id.clone();
-        req.exec_id = self.exec_id.clone();
-        req.max_bytes = CHUNK;
         loop {
-            // Blocks in the agent until output or end of stream: no deadline.
-            let read = match self.stream {
-                Stream::Stdout => self.agent.read_stdout(Context::default(), &req),
-                Stream::Stderr => self.agent.read_stderr(Context::default(), &req),
-            };
+            // Blocks in the agent until output or end of stream.
+            let read =
+                self.agent
+                    .read_output(&self.container_id, &self.exec_id, self.stream, CHUNK);
             let data = match read {
-                Ok(r) if !r.data.is_empty() => r.data,
+                Ok(data) if !data.is_empty() => data,
                 Ok(_) => break,
                 Err(e) => {
                     tracing::debug!(container = %self.container_id, exec = %self.exec_id, "output stream ended: {e}");
@@ -184,7 +175,7 @@ impl OutputRelay {
 }
 
 struct StdinRelay {
-    agent: AgentServiceClient,
+    agent: Arc<dyn Agent>,
     container_id: String,
     exec_id: String,
     path: PathBuf,
@@ -206,24 +197,20 @@ impl StdinRelay {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let mut req = WriteStreamRequest::new();
-            req.container_id = self.container_id.clone();
-            req.exec_id = self.exec_id.clone();
             let mut pending = &buf[..n];
             while !pending.is_empty() {
-                req.data = pending.to_vec();
-                match self.agent.write_stdin(Context::default(), &req) {
-                    Ok(r) if r.written > 0 => {
-                        pending = pending.get(r.written as usize..).unwrap_or_default()
+                match self
+                    .agent
+                    .write_stdin(&self.container_id, &self.exec_id, pending)
+                {
+                    Ok(written) if written > 0 => {
+                        pending = pending.get(written as usize..).unwrap_or_default()
                     }
                     _ => return,
                 }
             }
         }
-        let mut req = ProcessRequest::new();
-        req.container_id = self.container_id;
-        req.exec_id = self.exec_id;
-        let _ = self.agent.close_stdin(Context::default(), &req);
+        let _ = self.agent.close_stdin(&self.container_id, &self.exec_id);
     }
 }
 

@@ -6,7 +6,7 @@ mod bootstrap;
 mod info;
 mod logging;
 mod options;
-mod process;
+mod rootfs;
 mod service;
 mod stdin;
 mod task;

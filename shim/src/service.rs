@@ -10,7 +10,8 @@ use containerd_shim::api::DeleteResponse;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, ExitSignal, Flags, StartOpts};
-use skiff_runtime::sandbox::{cleanup_dead_sandbox, sandbox_id_of};
+use skiff_runtime::cri::sandbox_id_of;
+use skiff_runtime::sandbox::cleanup_dead_sandbox;
 use skiff_runtime::{spec, RuntimeConfig};
 
 use crate::bootstrap::{self, StartRequest};

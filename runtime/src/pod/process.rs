@@ -1,21 +1,31 @@
-//! What the shim knows about each process containerd asked for: its
-//! status, where its I/O goes, and its exit once the agent reported it.
+//! One process of the pod as the runtime tracks it (a container's init
+//! process or an exec'd one): its status, where its I/O goes, and its exit
+//! once the agent reported it, with a wait for that exit.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::SystemTime;
 
-use containerd_shim::api::Status;
-use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use skiff_runtime::stdio::StdioPaths;
+use crate::stdio::StdioPaths;
 
+/// Where a process is in its life, as containerd's task API names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessStatus {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+/// How and when a process ended.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Exit {
     pub status: u32,
-    pub at: Timestamp,
+    pub at: SystemTime,
 }
 
 #[derive(Debug)]
 struct State {
-    status: Status,
+    status: ProcessStatus,
     exit: Option<Exit>,
 }
 
@@ -39,25 +49,25 @@ impl Process {
             stdio,
             spec_json,
             state: Mutex::new(State {
-                status: Status::CREATED,
+                status: ProcessStatus::Created,
                 exit: None,
             }),
             exited: Condvar::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn status(&self) -> Status {
+    pub fn status(&self) -> ProcessStatus {
         self.lock().status
     }
 
     /// Moves to `status` unless the process already stopped.
-    pub fn set_status(&self, status: Status) {
+    pub fn set_status(&self, status: ProcessStatus) {
         let mut state = self.lock();
-        if state.status != Status::STOPPED {
+        if state.status != ProcessStatus::Stopped {
             state.status = status;
         }
     }
@@ -70,12 +80,13 @@ impl Process {
     pub fn set_exited(&self, exit: Exit) {
         let mut state = self.lock();
         if state.exit.is_none() {
-            state.status = Status::STOPPED;
+            state.status = ProcessStatus::Stopped;
             state.exit = Some(exit);
         }
         self.exited.notify_all();
     }
 
+    /// Blocks until the process exited.
     pub fn wait(&self) -> Exit {
         let mut state = self.lock();
         loop {
@@ -95,23 +106,23 @@ mod tests {
     #[test]
     fn waiters_see_the_first_exit_and_status_stays_stopped() {
         let p = Arc::new(Process::new("c", "", StdioPaths::default(), Vec::new()));
-        assert_eq!(p.status(), Status::CREATED);
-        p.set_status(Status::RUNNING);
+        assert_eq!(p.status(), ProcessStatus::Created);
+        p.set_status(ProcessStatus::Running);
         let waiter = {
             let p = p.clone();
             std::thread::spawn(move || p.wait().status)
         };
         p.set_exited(Exit {
             status: 3,
-            at: Timestamp::now(),
+            at: SystemTime::now(),
         });
         p.set_exited(Exit {
             status: 9,
-            at: Timestamp::now(),
+            at: SystemTime::now(),
         });
         assert_eq!(waiter.join().unwrap(), 3);
-        p.set_status(Status::RUNNING);
-        assert_eq!(p.status(), Status::STOPPED);
+        p.set_status(ProcessStatus::Running);
+        assert_eq!(p.status(), ProcessStatus::Stopped);
         assert_eq!(p.exit().unwrap().status, 3);
     }
 }

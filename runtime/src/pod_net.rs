@@ -1,10 +1,16 @@
-//! A pod's network carried into its VM, as Kata's "tcfilter" model does:
+//! A pod's network carried into its VM, from discovery to teardown, as
+//! Kata's "tcfilter" model does:
 //! for each interface the CNI plugin put in the pod's network namespace
 //! (a veth with an IP), a tap device is made in that namespace for a
 //! virtio-net device with the veth's MAC, and tc redirects every frame
 //! between the veth and the tap in both directions (ingress qdisc, u32
 //! match-all, mirred egress redirect). The guest gets the veth's addresses
 //! and routes through the agent.
+//!
+//! The steps, in order: [`netns_of`] and [`inspect`] (discover),
+//! [`PodNetwork::vm_devices`] (the VMM's `NetConfig`s), [`connect`] (tap up
+//! and tc, once the VMM made the taps), [`configure_guest`] (the guest's
+//! side, through the agent), and [`disconnect`] (teardown).
 //!
 //! netlink through rtnetlink; it is async, so each operation runs on a
 //! short-lived current-thread tokio runtime, on a thread that has entered
@@ -26,6 +32,10 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
+use skiff_agent_protocol::agent::{Interface, IpAddress, Route, Routes};
+use skiff_vmm::config::{parse_mac, DeviceConfig, NetConfig};
+
+use crate::agent::{Agent, AgentError};
 
 /// Tap devices are named `skiff-tap<N>` in the pod's namespace.
 const TAP_PREFIX: &str = "skiff-tap";
@@ -46,6 +56,8 @@ pub enum NetworkError {
     Thread(std::io::Error),
     #[error("tap {0} was not created in the pod's network namespace")]
     NoTap(String),
+    #[error("interface {name} has a bad MAC {mac:?}")]
+    BadMac { name: String, mac: String },
 }
 
 fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
@@ -83,6 +95,91 @@ pub struct PodNetwork {
     pub netns: PathBuf,
     pub interfaces: Vec<PodInterface>,
     pub routes: Vec<PodRoute>,
+}
+
+impl PodNetwork {
+    /// One virtio-net device per interface, on its tap, with the
+    /// interface's MAC (so the guest's interface answers for the pod's).
+    pub fn vm_devices(&self) -> Result<Vec<DeviceConfig>, NetworkError> {
+        self.interfaces
+            .iter()
+            .map(|iface| {
+                let mac = parse_mac(&iface.mac).map_err(|_| NetworkError::BadMac {
+                    name: iface.name.clone(),
+                    mac: iface.mac.clone(),
+                })?;
+                Ok(DeviceConfig::Net(NetConfig {
+                    tap: iface.tap.clone(),
+                    mac: Some(mac),
+                }))
+            })
+            .collect()
+    }
+}
+
+/// The guest's side: brings the guest's loopback up, gives the guest's
+/// interfaces (found by MAC) the pod's IPv4 addresses and MTU, then the
+/// pod's IPv4 routes. The guest kernel has no IPv6: the pod's IPv6
+/// addresses and routes are left out (and logged).
+pub fn configure_guest(
+    agent: &dyn Agent,
+    sandbox_id: &str,
+    net: Option<&PodNetwork>,
+) -> Result<(), AgentError> {
+    let mut lo = Interface::new();
+    lo.name = "lo".into();
+    lo.up = true;
+    let mut localhost = IpAddress::new();
+    localhost.address = "127.0.0.1".into();
+    localhost.prefix_length = 8;
+    lo.addresses.push(localhost);
+    agent.update_interface(lo)?;
+    let Some(net) = net else { return Ok(()) };
+    let mut guest_names = std::collections::HashMap::new();
+    for iface in &net.interfaces {
+        let mut req = Interface::new();
+        req.hardware_address = iface.mac.clone();
+        req.mtu = iface.mtu;
+        req.up = true;
+        for cidr in &iface.addresses {
+            let Some((address, prefix)) = cidr.split_once('/') else {
+                continue;
+            };
+            if address.contains(':') {
+                tracing::warn!("sandbox {sandbox_id}: IPv6 address {cidr} left out");
+                continue;
+            }
+            let mut ip = IpAddress::new();
+            ip.address = address.into();
+            ip.prefix_length = prefix.parse().unwrap_or(0);
+            req.addresses.push(ip);
+        }
+        let guest = agent.update_interface(req)?;
+        guest_names.insert(iface.name.clone(), guest.name);
+    }
+    let mut routes = Routes::new();
+    for r in &net.routes {
+        let Some(device) = guest_names.get(&r.device) else {
+            continue;
+        };
+        let v6 = |a: &str| a.contains(':');
+        if v6(&r.destination) || r.gateway.as_deref().is_some_and(v6) {
+            continue;
+        }
+        let mut route = Route::new();
+        route.destination = r.destination.clone();
+        route.gateway = r.gateway.clone().unwrap_or_default();
+        route.device = device.clone();
+        routes.routes.push(route);
+    }
+    let count = routes.routes.len();
+    if count > 0 {
+        agent.update_routes(routes)?;
+    }
+    tracing::info!(
+        "sandbox {sandbox_id}: pod network in the guest: {guest_names:?}, {count} routes"
+    );
+    Ok(())
 }
 
 /// The network namespace the sandbox's spec names, if any. None means the

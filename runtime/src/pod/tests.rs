@@ -1,0 +1,507 @@
+//! The container manager against a fake sandbox and the fake agent: the
+//! task API's life cycle, its error paths and what each leaves behind,
+//! and the events, without KVM.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oci_spec::runtime::{Spec, SpecBuilder};
+
+use super::*;
+use crate::agent::fake::FakeAgent;
+use crate::cri::annotations;
+
+/// Long enough for a watcher thread on a loaded CI machine; a test that
+/// waits this long has failed.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A sandbox whose "guest" is the fake agent: adding a container creates
+/// it there, as the real one does after sharing it.
+struct FakeSandbox {
+    id: String,
+    agent: Arc<FakeAgent>,
+    added: Mutex<Vec<String>>,
+    shut_down: AtomicBool,
+}
+
+impl PodSandbox for FakeSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn agent(&self) -> Arc<dyn Agent> {
+        self.agent.clone()
+    }
+
+    fn timeline(&self) -> String {
+        "agent ready 1.0 ms".into()
+    }
+
+    fn add_container(
+        &self,
+        container_id: &str,
+        _bundle: &Path,
+        _rootfs: &Path,
+        _spec: Spec,
+    ) -> Result<(), SandboxError> {
+        self.agent.create_container(container_id, Vec::new())?;
+        self.added.lock().unwrap().push(container_id.into());
+        Ok(())
+    }
+
+    fn remove_container(&self, container_id: &str) -> Result<(), SandboxError> {
+        self.added.lock().unwrap().retain(|c| c != container_id);
+        Ok(self.agent.remove_container(container_id)?)
+    }
+
+    fn shutdown(&self) -> Result<(), SandboxError> {
+        self.shut_down.store(true, Ordering::SeqCst);
+        self.agent.destroy_sandbox(Duration::from_secs(1))?;
+        Ok(())
+    }
+}
+
+/// Boots fake sandboxes, all with the same agent, and keeps them for the
+/// test to look at.
+#[derive(Default)]
+struct FakeFactory {
+    agent: Arc<FakeAgent>,
+    boots: AtomicUsize,
+    fail_boot: AtomicBool,
+    booted: Mutex<HashMap<String, Arc<FakeSandbox>>>,
+}
+
+impl SandboxFactory for FakeFactory {
+    fn boot(&self, req: BootRequest<'_>) -> Result<Arc<dyn PodSandbox>, SandboxError> {
+        self.boots.fetch_add(1, Ordering::SeqCst);
+        if self.fail_boot.load(Ordering::SeqCst) {
+            return Err(SandboxError::AgentTimeout {
+                secs: 1,
+                state: "Running".into(),
+                console: "Kernel panic".into(),
+            });
+        }
+        let sandbox = Arc::new(FakeSandbox {
+            id: req.sandbox_id.into(),
+            agent: self.agent.clone(),
+            added: Mutex::default(),
+            shut_down: AtomicBool::new(false),
+        });
+        self.booted
+            .lock()
+            .unwrap()
+            .insert(req.sandbox_id.into(), sandbox.clone());
+        Ok(sandbox)
+    }
+}
+
+impl FakeFactory {
+    fn sandbox(&self, id: &str) -> Arc<FakeSandbox> {
+        self.booted.lock().unwrap()[id].clone()
+    }
+}
+
+struct Harness {
+    pod: Pod,
+    events: Receiver<PodEvent>,
+    factory: Arc<FakeFactory>,
+    config: RuntimeConfig,
+}
+
+fn harness() -> Harness {
+    let factory = Arc::new(FakeFactory::default());
+    let (pod, events) = Pod::new(factory.clone());
+    Harness {
+        pod,
+        events,
+        factory,
+        config: RuntimeConfig::default(),
+    }
+}
+
+/// A spec with no CRI annotations (a container of its own), or one of
+/// pod `sandbox`'s app containers.
+fn spec(pod_of: Option<&str>) -> Spec {
+    let mut builder = SpecBuilder::default();
+    if let Some(sandbox) = pod_of {
+        builder = builder.annotations(HashMap::from([
+            (
+                annotations::CONTAINER_TYPE.to_string(),
+                annotations::TYPE_CONTAINER.to_string(),
+            ),
+            (annotations::SANDBOX_ID.to_string(), sandbox.to_string()),
+        ]));
+    }
+    builder.build().unwrap()
+}
+
+impl Harness {
+    fn create(&self, id: &str, pod_of: Option<&str>) -> Result<Created, PodError> {
+        self.pod.create(NewContainer {
+            id,
+            bundle: Path::new("/run/bundle"),
+            rootfs: Path::new("/run/bundle/rootfs"),
+            spec: spec(pod_of),
+            config: &self.config,
+            stdio: StdioPaths::default(),
+        })
+    }
+
+    fn agent(&self) -> &FakeAgent {
+        &self.factory.agent
+    }
+
+    fn next_event(&self) -> PodEvent {
+        self.events
+            .recv_timeout(EVENT_TIMEOUT)
+            .expect("a pod event")
+    }
+
+    fn wait_in_agent(&self, call: &str) {
+        let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+        while !self.agent().calls().iter().any(|c| c == call) {
+            assert!(std::time::Instant::now() < deadline, "no {call}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn exited(container_id: &str, exec_id: &str, event: PodEvent) -> u32 {
+    match event {
+        PodEvent::Exited {
+            container_id: c,
+            exec_id: e,
+            exit,
+        } if c == container_id && e == exec_id => exit.status,
+        other => panic!("expected the exit of {container_id}/{exec_id}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_pod_boots_once_runs_its_containers_and_ends_with_its_sandbox() {
+    let h = harness();
+    let created = h.create("pod", None).unwrap();
+    assert_eq!(
+        created,
+        Created {
+            sandbox_id: "pod".into(),
+            booted: true
+        }
+    );
+    let joined = h.create("app", Some("pod")).unwrap();
+    assert_eq!(
+        joined,
+        Created {
+            sandbox_id: "pod".into(),
+            booted: false
+        }
+    );
+    assert_eq!(h.factory.boots.load(Ordering::SeqCst), 1);
+    assert_eq!(h.agent().containers(), ["app", "pod"]);
+    assert_eq!(
+        h.pod.state("app", "").unwrap().status,
+        ProcessStatus::Created
+    );
+    assert_eq!(
+        h.pod.state("app", "").unwrap().bundle,
+        Path::new("/run/bundle")
+    );
+
+    h.pod.start("app", "").unwrap();
+    assert_eq!(
+        h.pod.state("app", "").unwrap().status,
+        ProcessStatus::Running
+    );
+    h.wait_in_agent("WaitProcess(app,)");
+    h.agent().exit("app", "", 7);
+    assert_eq!(exited("app", "", h.next_event()), 7);
+    assert_eq!(h.pod.wait("app", "").unwrap().status, 7);
+    let state = h.pod.state("app", "").unwrap();
+    assert_eq!(state.status, ProcessStatus::Stopped);
+    assert_eq!(state.exit.unwrap().status, 7);
+
+    assert_eq!(h.pod.delete("app", "").unwrap().status, 7);
+    assert!(matches!(h.pod.state("app", ""), Err(PodError::NotFound(_))));
+    assert_eq!(h.agent().containers(), ["pod"]);
+    let sandbox = h.factory.sandbox("pod");
+    assert!(!sandbox.shut_down.load(Ordering::SeqCst));
+    assert!(!h.pod.shutdown(), "a container is left");
+
+    // The sandbox's own container never ran: it exits 0 at delete, and
+    // the VM goes with it.
+    assert_eq!(h.pod.delete("pod", "").unwrap().status, 0);
+    assert!(sandbox.shut_down.load(Ordering::SeqCst));
+    assert!(h.pod.is_empty());
+    assert!(h.pod.shutdown());
+}
+
+#[test]
+fn an_exec_runs_beside_its_container_and_is_forgotten_at_delete() {
+    let h = harness();
+    h.create("c", None).unwrap();
+    h.pod.start("c", "").unwrap();
+    assert!(matches!(
+        h.pod.add_exec("c", "e", StdioPaths::default(), Vec::new()),
+        Err(PodError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        h.pod
+            .add_exec("nope", "e", StdioPaths::default(), b"{}".to_vec()),
+        Err(PodError::NotFound(_))
+    ));
+    h.pod
+        .add_exec("c", "e", StdioPaths::default(), b"{}".to_vec())
+        .unwrap();
+    let again = h
+        .pod
+        .add_exec("c", "e", StdioPaths::default(), b"{}".to_vec());
+    assert_eq!(again.unwrap_err().kind(), ErrorKind::AlreadyExists);
+    assert_eq!(
+        h.pod.state("c", "e").unwrap().status,
+        ProcessStatus::Created
+    );
+
+    h.pod.start("c", "e").unwrap();
+    assert!(h.agent().calls().contains(&"ExecProcess(c,e)".to_string()));
+    let started_twice = h.pod.start("c", "e").unwrap_err();
+    assert_eq!(started_twice.kind(), ErrorKind::FailedPrecondition);
+    let running = h.pod.delete("c", "e").unwrap_err();
+    assert_eq!(running.kind(), ErrorKind::FailedPrecondition);
+    assert!(running.to_string().contains("still running"), "{running}");
+
+    h.wait_in_agent("WaitProcess(c,e)");
+    h.agent().exit("c", "e", 3);
+    assert_eq!(exited("c", "e", h.next_event()), 3);
+    assert_eq!(h.pod.delete("c", "e").unwrap().status, 3);
+    assert!(matches!(h.pod.state("c", "e"), Err(PodError::NotFound(_))));
+    // The container itself runs on.
+    assert_eq!(h.pod.state("c", "").unwrap().status, ProcessStatus::Running);
+}
+
+#[test]
+fn kill_reaches_the_agent_until_the_process_exited() {
+    let h = harness();
+    h.create("c", None).unwrap();
+    h.pod.start("c", "").unwrap();
+    h.pod.signal("c", "", 15, false).unwrap();
+    assert!(h
+        .agent()
+        .calls()
+        .contains(&"SignalProcess(c,,15)".to_string()));
+    h.wait_in_agent("WaitProcess(c,)");
+    h.agent().exit("c", "", 143);
+    assert_eq!(exited("c", "", h.next_event()), 143);
+    let gone = h.pod.signal("c", "", 9, true).unwrap_err();
+    assert_eq!(gone.kind(), ErrorKind::NotFound);
+    assert!(gone.to_string().contains("already exited"), "{gone}");
+}
+
+#[test]
+fn pause_resume_update_stats_and_io_go_to_the_agent() {
+    let h = harness();
+    h.create("c", None).unwrap();
+    h.pod.start("c", "").unwrap();
+    h.pod.pause("c").unwrap();
+    assert_eq!(h.pod.state("c", "").unwrap().status, ProcessStatus::Paused);
+    assert_eq!(
+        h.pod.delete("c", "").unwrap_err().kind(),
+        ErrorKind::FailedPrecondition
+    );
+    h.pod.resume("c").unwrap();
+    assert_eq!(h.pod.state("c", "").unwrap().status, ProcessStatus::Running);
+    h.pod.update("c", b"{}".to_vec()).unwrap();
+    h.pod.resize_pty("c", "", 24, 80).unwrap();
+    h.pod.close_stdin("c", "").unwrap();
+    let stats = h.pod.stats("c").unwrap();
+    assert_eq!(stats.cpu_usage_usec, 42);
+    assert_eq!(stats.memory_usage_bytes, 4096);
+    assert_eq!(stats.pids_current, 1);
+    let calls = h.agent().calls();
+    for call in [
+        "PauseContainer(c)",
+        "ResumeContainer(c)",
+        "UpdateContainer(c)",
+        "TtyWinResize(c,,24x80)",
+        "CloseStdin(c,)",
+        "StatsContainer(c)",
+    ] {
+        assert!(calls.contains(&call.to_string()), "{call} in {calls:?}");
+    }
+    for unknown in [
+        h.pod.pause("x"),
+        h.pod.resume("x"),
+        h.pod.update("x", Vec::new()),
+        h.pod.stats("x").map(drop),
+        h.pod.close_stdin("x", ""),
+        h.pod.resize_pty("c", "x", 1, 1),
+    ] {
+        assert_eq!(unknown.unwrap_err().kind(), ErrorKind::NotFound);
+    }
+}
+
+#[test]
+fn a_failed_boot_leaves_no_container_and_the_next_create_boots_again() {
+    let h = harness();
+    h.factory.fail_boot.store(true, Ordering::SeqCst);
+    let err = h.create("c", None).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unknown);
+    let text = err.to_string();
+    assert!(
+        text.starts_with("boot sandbox c: the guest agent did not answer"),
+        "{text}"
+    );
+    assert!(text.contains("Kernel panic"), "{text}");
+    assert!(h.pod.is_empty());
+    assert!(matches!(h.pod.state("c", ""), Err(PodError::NotFound(_))));
+
+    h.factory.fail_boot.store(false, Ordering::SeqCst);
+    h.create("c", None).unwrap();
+    assert_eq!(h.factory.boots.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_container_that_cannot_be_added_shuts_down_the_sandbox_booted_for_it() {
+    let h = harness();
+    h.agent().fail("CreateContainer");
+    let err = h.create("c", None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "create container c: agent CreateContainer: CreateContainer failed (fake)"
+    );
+    assert!(h.factory.sandbox("c").shut_down.load(Ordering::SeqCst));
+    assert!(h.pod.is_empty());
+    // No sandbox is left to reach.
+    assert!(h.pod.shutdown(), "nothing is left for the shim to wait for");
+}
+
+#[test]
+fn a_container_that_cannot_join_leaves_its_pod_running() {
+    let h = harness();
+    h.create("pod", None).unwrap();
+    h.agent().fail("CreateContainer");
+    assert!(h.create("app", Some("pod")).is_err());
+    assert!(!h.factory.sandbox("pod").shut_down.load(Ordering::SeqCst));
+    assert!(matches!(h.pod.state("app", ""), Err(PodError::NotFound(_))));
+    assert_eq!(
+        h.pod.state("pod", "").unwrap().status,
+        ProcessStatus::Created
+    );
+}
+
+#[test]
+fn creates_that_cannot_be_are_refused_before_any_boot() {
+    let h = harness();
+    h.create("pod", None).unwrap();
+    let twice = h.create("pod", None).unwrap_err();
+    assert_eq!(twice.kind(), ErrorKind::AlreadyExists);
+    let other = h.create("stranger", Some("other-pod")).unwrap_err();
+    assert_eq!(other.kind(), ErrorKind::FailedPrecondition);
+    assert_eq!(
+        other.to_string(),
+        "this shim runs sandbox pod, not other-pod"
+    );
+
+    let mut with_device = spec(None);
+    let device = oci_spec::runtime::LinuxDeviceBuilder::default()
+        .path("/dev/nope")
+        .typ(oci_spec::runtime::LinuxDeviceType::B)
+        .major(4095)
+        .minor(4095)
+        .build()
+        .unwrap();
+    with_device.set_linux(Some(
+        oci_spec::runtime::LinuxBuilder::default()
+            .devices(vec![device])
+            .build()
+            .unwrap(),
+    ));
+    let fresh = harness();
+    let err = fresh
+        .pod
+        .create(NewContainer {
+            id: "d",
+            bundle: Path::new("/b"),
+            rootfs: Path::new("/b/rootfs"),
+            spec: with_device,
+            config: &fresh.config,
+            stdio: StdioPaths::default(),
+        })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(
+        err.to_string()
+            .starts_with("block device /dev/nope (4095:4095): not on this host"),
+        "{err}"
+    );
+    assert_eq!(fresh.factory.boots.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn an_agent_refusal_keeps_its_code_and_the_process_its_state() {
+    let h = harness();
+    h.create("c", None).unwrap();
+    h.agent().fail("StartContainer");
+    let err = h.pod.start("c", "").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Internal);
+    assert_eq!(
+        err.to_string(),
+        "start container c: StartContainer failed (fake)"
+    );
+    assert_eq!(h.pod.state("c", "").unwrap().status, ProcessStatus::Created);
+    // Never started: it can go at once.
+    assert_eq!(h.pod.delete("c", "").unwrap().status, 0);
+}
+
+#[test]
+fn processes_of_a_vm_that_ended_are_reported_exited() {
+    let h = harness();
+    h.create("c", None).unwrap();
+    h.pod.start("c", "").unwrap();
+    h.wait_in_agent("WaitProcess(c,)");
+    h.agent().close();
+    assert_eq!(exited("c", "", h.next_event()), LOST_STATUS);
+    let unreachable = h.pod.signal("x", "", 9, false).unwrap_err();
+    assert_eq!(unreachable.kind(), ErrorKind::NotFound);
+    let late = h.create("d", Some("c")).unwrap_err();
+    assert!(late.to_string().contains("agent unreachable"), "{late}");
+}
+
+#[test]
+fn the_guests_oom_kills_are_events() {
+    let h = harness();
+    h.create("c", None).unwrap();
+    h.agent().report_oom("c");
+    assert_eq!(
+        h.next_event(),
+        PodEvent::OomKilled {
+            container_id: "c".into()
+        }
+    );
+}
+
+#[test]
+fn agent_codes_sort_into_error_kinds() {
+    assert_eq!(ErrorKind::from(Code::NOT_FOUND), ErrorKind::NotFound);
+    assert_eq!(
+        ErrorKind::from(Code::OUT_OF_RANGE),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(ErrorKind::from(Code::UNAVAILABLE), ErrorKind::Unavailable);
+    assert_eq!(ErrorKind::from(Code::DATA_LOSS), ErrorKind::Unknown);
+    let unreachable = PodError::Agent {
+        what: "pause container".into(),
+        err: AgentError::Unreachable {
+            call: "PauseContainer",
+            why: "connection closed".into(),
+        },
+    };
+    assert_eq!(unreachable.kind(), ErrorKind::Unavailable);
+    assert_eq!(
+        unreachable.to_string(),
+        "pause container: agent unreachable: connection closed"
+    );
+}
