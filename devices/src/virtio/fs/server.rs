@@ -229,11 +229,7 @@ mod tests {
         fn run(&mut self) -> Vec<u32> {
             self.server
                 .process_queue(&self.driver.mem, &mut self.queue, &self.interrupt, None);
-            self.driver
-                .take_used()
-                .into_iter()
-                .map(|(_, l)| l)
-                .collect()
+            self.driver.take_used().into_iter().map(|u| u.len).collect()
         }
 
         fn getattr_root(&mut self) -> (u32, i32) {

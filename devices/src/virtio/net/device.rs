@@ -126,9 +126,9 @@ mod tests {
     use super::*;
     use crate::virtio::net::testing::{memory, queue_in_page, FakeBackend};
     use crate::virtio::test_utils::Buf;
-    use virtio_queue::QueueT;
     use crate::virtio::Interrupt;
     use std::time::{Duration, Instant};
+    use virtio_queue::QueueT;
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EventFd;
 
