@@ -524,6 +524,14 @@ impl SplitQueueDriver {
             .write_obj(head, GuestAddress(self.layout.avail.wrapping_add(at)));
     }
 
+    /// The head at avail slot `slot` (modulo the size), zero outside
+    /// memory.
+    pub fn avail_slot(&self, slot: u16) -> u16 {
+        let size = u64::from(self.layout.size.max(1));
+        let at = 4 + 2 * (u64::from(slot) % size);
+        read_obj(&self.mem, self.layout.avail.wrapping_add(at))
+    }
+
     /// Lays `bufs` out as one chain and offers it; returns the head.
     pub fn push(&mut self, bufs: &[Buf]) -> u16 {
         let head = self.add_chain(bufs);
@@ -829,6 +837,8 @@ mod tests {
         // The cursor did not move.
         assert_eq!(d.add_chain(&[Buf::readable(0x8020, 1)]), 0);
         d.offer(head);
+        assert_eq!(d.avail_slot(0), 3);
+        assert_eq!(d.avail_slot(4), 3);
         let mut q = d.queue();
         let chain = q.pop_descriptor_chain(&mem).unwrap();
         assert_eq!(chain.count(), 2);
