@@ -9,14 +9,14 @@
 
 use std::io::{ErrorKind, Read};
 use std::os::unix::net::UnixListener;
-use std::sync::Arc;
 use std::time::Instant;
 
-use skiff_devices::virtio::test_utils::{guest_memory, Buf, RingLayout, SplitQueueDriver};
+use skiff_devices::virtio::test_utils::{
+    activation, guest_memory, Buf, RingLayout, SplitQueueDriver,
+};
 use skiff_devices::virtio::vsock::Vsock;
-use skiff_devices::virtio::{Activation, Interrupt, VirtioDevice};
+use skiff_devices::virtio::VirtioDevice;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
 const QSIZE: u16 = 256;
 const RXQ: u64 = 0x0;
@@ -60,13 +60,7 @@ fn main() {
         .map(|d| d.active_queue(false))
         .collect();
     let mut worker = device
-        .data_path(Activation {
-            mem: mem.clone(),
-            features: device.features(),
-            queues,
-            interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
-            confinement: skiff_confine::Confinement::inline(),
-        })
+        .data_path(activation(&mem, device.features(), queues))
         .unwrap();
 
     // RX buffers for RESPONSE and credit updates.

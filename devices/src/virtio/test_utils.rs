@@ -30,7 +30,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::ActiveQueue;
+use super::{Activation, ActiveQueue, Interrupt};
 
 /// `VRING_DESC_F_NEXT`: the chain goes on at `next`.
 pub const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
@@ -80,6 +80,22 @@ pub fn read_bytes(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
 /// Reads a plain value at `addr`, zero if outside memory.
 pub fn read_obj<T: ByteValued + Default>(mem: &GuestMemoryMmap, addr: u64) -> T {
     mem.read_obj(GuestAddress(addr)).unwrap_or_default()
+}
+
+/// What a transport hands a device when the driver sets DRIVER_OK:
+/// `queues` (see [`SplitQueueDriver::active_queue`]), the `features`
+/// agreed on, a fresh interrupt and no confinement (the worker runs as
+/// it is). Change a field with struct update syntax where a test needs
+/// its own (`Activation { interrupt, ..activation(..) }`).
+pub fn activation(mem: &GuestMemoryMmap, features: u64, queues: Vec<ActiveQueue>) -> Activation {
+    let notify = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+    Activation {
+        mem: mem.clone(),
+        features,
+        queues,
+        interrupt: std::sync::Arc::new(Interrupt::new(notify)),
+        confinement: skiff_confine::Confinement::inline(),
+    }
 }
 
 /// Where one split queue's descriptor table, avail ring and used ring lie.

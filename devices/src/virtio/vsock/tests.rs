@@ -4,7 +4,6 @@
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use virtio_queue::QueueT;
@@ -15,9 +14,9 @@ use super::connection::BUF_ALLOC;
 use super::packet::{op, Header, HEADER_SIZE, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::{await_established, Vsock, VsockWorker, HOST_CID};
 use crate::virtio::test_utils::{
-    guest_memory, Buf, Desc, RingLayout, SplitQueueDriver, Used, F_NEXT,
+    activation, guest_memory, Buf, Desc, RingLayout, SplitQueueDriver, Used, F_NEXT,
 };
-use crate::virtio::{Activation, ActiveQueue, Interrupt, VirtioDevice, TYPE_VSOCK};
+use crate::virtio::{ActiveQueue, VirtioDevice, TYPE_VSOCK};
 
 const GUEST_CID: u64 = 3;
 const QSIZE: u16 = 256;
@@ -96,13 +95,7 @@ impl Harness {
         let drivers = [RXQ, TXQ, EVQ].map(|base| queue_at(&mem, base));
         let queues = drivers.iter().map(|d| d.active_queue(false)).collect();
         let worker = device
-            .data_path(Activation {
-                mem: mem.clone(),
-                features: device.features(),
-                queues,
-                interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
-                confinement: skiff_confine::Confinement::inline(),
-            })
+            .data_path(activation(&mem, device.features(), queues))
             .unwrap();
         let [rx, tx, _] = drivers;
         Self {
@@ -714,13 +707,7 @@ fn reset_drops_connections_and_drop_removes_the_socket() {
             })
             .collect();
         device
-            .activate(Activation {
-                mem: mem.clone(),
-                features: device.features(),
-                queues,
-                interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
-                confinement: skiff_confine::Confinement::inline(),
-            })
+            .activate(activation(&mem, device.features(), queues))
             .unwrap();
         if round == 0 {
             notify[1].write(1).unwrap();
