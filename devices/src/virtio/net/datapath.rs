@@ -417,16 +417,23 @@ mod tests {
         }
     }
 
+    /// The test's memory and backend, an RX and a TX queue of 16 entries
+    /// in their own pages, and the worker serving them.
+    fn setup() -> (Setup, SplitQueueDriver, SplitQueueDriver, NetWorker) {
+        let s = Setup::new();
+        let rx = queue_in_page(&s.mem, RX_AT, 16);
+        let tx = queue_in_page(&s.mem, TX_AT, 16);
+        let w = s.worker(&rx, &tx);
+        (s, rx, tx, w)
+    }
+
     fn frame(len: usize, seed: u8) -> Vec<u8> {
         (0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect()
     }
 
     #[test]
     fn tx_sends_the_frame_without_its_header() {
-        let s = Setup::new();
-        let rx = queue_in_page(&s.mem, RX_AT, 16);
-        let mut tx = queue_in_page(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
+        let (s, _rx, mut tx, mut w) = setup();
         let f = frame(1500, 1);
         // Header with junk flags (ignored), frame split over two buffers.
         s.mem.write_slice(&[0xff; 12], GuestAddress(BUF)).unwrap();
@@ -462,10 +469,7 @@ mod tests {
 
     #[test]
     fn malformed_tx_chains_are_returned_unused_and_the_next_is_sent() {
-        let s = Setup::new();
-        let rx = queue_in_page(&s.mem, RX_AT, 16);
-        let mut tx = queue_in_page(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
+        let (s, _rx, mut tx, mut w) = setup();
         let big = (NET_HDR_LEN + MAX_FRAME_LEN) as u32;
         let bad: Vec<Vec<Buf>> = vec![
             vec![Buf::readable(BUF, HDR), Buf::readable(BUF + 0x100, 0)], // zero length
@@ -503,10 +507,7 @@ mod tests {
 
     #[test]
     fn tx_backend_errors_are_counted_and_the_chain_returned() {
-        let s = Setup::new();
-        let rx = queue_in_page(&s.mem, RX_AT, 16);
-        let mut tx = queue_in_page(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
+        let (s, _rx, mut tx, mut w) = setup();
         s.backend
             .refuse_sends
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -518,10 +519,7 @@ mod tests {
 
     #[test]
     fn rx_writes_header_and_frame_across_buffers() {
-        let s = Setup::new();
-        let mut rx = queue_in_page(&s.mem, RX_AT, 16);
-        let tx = queue_in_page(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
+        let (s, mut rx, _tx, mut w) = setup();
         rx.push(&[Buf::writable(BUF, 100), Buf::writable(BUF + 0x1000, 1600)]);
         rx.push(&[Buf::writable(BUF + 0x2000, 1526)]);
         let (f, g) = (frame(1000, 4), frame(1514, 5));
@@ -550,10 +548,7 @@ mod tests {
 
     #[test]
     fn malformed_rx_chains_are_returned_unused_and_the_frame_goes_to_the_next() {
-        let s = Setup::new();
-        let mut rx = queue_in_page(&s.mem, RX_AT, 16);
-        let tx = queue_in_page(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
+        let (s, mut rx, _tx, mut w) = setup();
         let bad: Vec<Vec<Buf>> = vec![
             vec![Buf::readable(BUF, 100)], // device-readable
             vec![Buf::writable(BUF, 12), Buf::writable(BUF + 0x100, 0)], // zero length
@@ -592,10 +587,7 @@ mod tests {
 
     #[test]
     fn rx_frames_larger_than_the_chain_are_dropped_and_the_chain_kept() {
-        let s = Setup::new();
-        let mut rx = queue_in_page(&s.mem, RX_AT, 16);
-        let tx = queue_in_page(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
+        let (s, mut rx, _tx, mut w) = setup();
         rx.push(&[Buf::writable(BUF, 12 + 100)]);
         s.backend.push(frame(101, 7));
         s.backend.push(frame(100, 8));
@@ -611,10 +603,7 @@ mod tests {
 
     #[test]
     fn rx_without_buffers_waits_for_the_guest_then_resumes() {
-        let s = Setup::new();
-        let mut rx = queue_in_page(&s.mem, RX_AT, 16);
-        let tx = queue_in_page(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
+        let (s, mut rx, _tx, mut w) = setup();
         let (f, g) = (frame(200, 10), frame(300, 11));
         s.backend.push(f.clone());
         s.backend.push(g.clone());
@@ -647,10 +636,7 @@ mod tests {
 
     #[test]
     fn interrupts_follow_used_event() {
-        let s = Setup::new();
-        let rx = queue_in_page(&s.mem, RX_AT, 16);
-        let mut tx = queue_in_page(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
+        let (s, _rx, mut tx, mut w) = setup();
         // The driver wants an interrupt only after the third used entry.
         tx.set_used_event(2);
         tx.push(&[Buf::readable(BUF, 100)]);
@@ -664,10 +650,7 @@ mod tests {
 
     #[test]
     fn a_frame_held_at_reset_is_counted() {
-        let s = Setup::new();
-        let rx = queue_in_page(&s.mem, RX_AT, 16);
-        let tx = queue_in_page(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
+        let (s, _rx, _tx, mut w) = setup();
         s.backend.push(frame(60, 12));
         w.process_rx();
         drop(w);
