@@ -1,6 +1,6 @@
 //! Host-only benchmark of virtio-blk request processing: N 4 KiB reads from
-//! a temp file through `RequestQueue::process`, driven by a mock driver in
-//! test guest memory (no guest, no worker thread).
+//! a temp file through `RequestQueue::process`, driven by the test driver
+//! (`virtio::test_utils`) in test guest memory (no guest, no worker thread).
 //!
 //! `cargo bench -p skiff-devices --bench block_queue -- [N] [BATCH]`
 //! (defaults 100000 and 1: one request per notification, as an emulated
@@ -13,10 +13,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use skiff_devices::virtio::block::{DiskFile, RequestQueue};
+use skiff_devices::virtio::test_utils::{guest_memory, Buf, RingLayout, SplitQueueDriver};
 use skiff_devices::virtio::Interrupt;
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::tempfile::TempFile;
 
 const MEM_SIZE: usize = 4 << 20;
@@ -27,8 +26,6 @@ const DATA: u64 = 0x10_0000;
 const READ_LEN: u32 = 4096;
 /// The reads cycle over this much of the (sparse, page-cached) image.
 const DISK_SIZE: u64 = 16 << 20;
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
 const F_VERSION_1: u64 = 1 << 32;
 
 fn arg(index: usize, default: u64) -> u64 {
@@ -40,14 +37,6 @@ fn arg(index: usize, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn put_desc(mem: &GuestMemoryMmap, table: u64, index: u16, addr: u64, len: u32, flags: u16) {
-    let at = table + 16 * u64::from(index);
-    mem.write_obj(addr, GuestAddress(at)).unwrap();
-    mem.write_obj(len, GuestAddress(at + 8)).unwrap();
-    mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
-    mem.write_obj(index + 1, GuestAddress(at + 14)).unwrap();
-}
-
 fn main() {
     let n = arg(0, 100_000);
     let batch = arg(1, 1).clamp(1, u64::from(QSIZE / 3)) as u16;
@@ -55,28 +44,26 @@ fn main() {
     let image = TempFile::new().unwrap();
     image.as_file().set_len(DISK_SIZE).unwrap();
     let disk = DiskFile::open(image.as_path(), false, false).unwrap();
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let mock = MockSplitQueue::create(&mem, GuestAddress(0), QSIZE);
-    let table = mock.desc_table_addr().0;
-    let avail = mock.avail_addr().0;
-    // MockSplitQueue (virtio-queue 0.17) puts the used ring over the upper
-    // half of the avail ring; move it where the spec does.
-    let used = (avail + 6 + 2 * u64::from(QSIZE) + 3) & !3;
+    let mem = guest_memory(MEM_SIZE);
+    let mut ring = SplitQueueDriver::new(&mem, RingLayout::packed(0, QSIZE));
     // One fixed chain per batch slot: header, 4 KiB data, status.
     for k in 0..batch {
         let head = 3 * k;
         let k = u64::from(k);
-        put_desc(&mem, table, head, HEADERS + 16 * k, 16, NEXT);
         let data = DATA + u64::from(READ_LEN) * k;
-        put_desc(&mem, table, head + 1, data, READ_LEN, NEXT | WRITE);
-        put_desc(&mem, table, head + 2, STATUS + k, 1, WRITE);
+        ring.add_chain_at(
+            head,
+            &[
+                Buf::readable(HEADERS + 16 * k, 16),
+                Buf::writable(data, READ_LEN),
+                Buf::writable(STATUS + k, 1),
+            ],
+        );
     }
-    let mut queue: Queue = mock.create_queue().unwrap();
-    queue.try_set_used_ring_address(GuestAddress(used)).unwrap();
     let interrupt =
         Interrupt::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap());
     let mut requests = RequestQueue::new(
-        queue,
+        ring.queue(),
         mem.clone(),
         Arc::new(disk),
         F_VERSION_1,
@@ -98,17 +85,15 @@ fn main() {
             mem.write_obj(0u32, GuestAddress(header)).unwrap(); // VIRTIO_BLK_T_IN
             mem.write_obj(sector, GuestAddress(header + 8)).unwrap();
             sector = (sector + 8) % sectors;
-            let slot = 4 + 2 * u64::from(avail_idx % QSIZE);
-            mem.write_obj(3 * k, GuestAddress(avail + slot)).unwrap();
+            ring.write_avail_slot(avail_idx, 3 * k);
             avail_idx = avail_idx.wrapping_add(1);
         }
-        mem.write_obj(avail_idx, GuestAddress(avail + 2)).unwrap();
+        ring.set_avail_idx(avail_idx);
         std::hint::black_box(requests.process());
         done += u64::from(this);
     }
     let elapsed = start.elapsed();
-    let used_idx: u16 = mem.read_obj(GuestAddress(used + 2)).unwrap();
-    assert_eq!(used_idx, avail_idx, "every request completed");
+    assert_eq!(ring.used_idx(), avail_idx, "every request completed");
     let status: u8 = mem.read_obj(GuestAddress(STATUS)).unwrap();
     assert!(n == 0 || status == 0, "status {status}");
     let rate = n as f64 / elapsed.as_secs_f64().max(1e-9);

@@ -14,16 +14,15 @@ use fuse_backend_rs::abi::fuse_abi::{
     EntryOut, InHeader, InitIn, InitOut, Opcode, OpenIn, OpenOut, OutHeader, ReadIn,
 };
 use skiff_devices::virtio::fs::{CacheMode, FsShare, FuseServer};
+use skiff_devices::virtio::test_utils::{
+    guest_memory, read_bytes, Buf, GuestHeap, RingLayout, SplitQueueDriver,
+};
 use skiff_devices::virtio::Interrupt;
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::tempdir::TempDir;
 
 const QSIZE: u16 = 256;
-const DESC: u64 = 0;
-const AVAIL: u64 = 0x1000;
-const USED: u64 = 0x2000;
 const HEAP: u64 = 0x1_0000;
 const MEM: usize = 0x80_0000;
 /// READs in flight per batch: three descriptors each.
@@ -32,31 +31,26 @@ const READ_SIZE: u32 = 4096;
 const FILE_SIZE: usize = 1 << 20;
 const OUT: usize = size_of::<OutHeader>();
 
+/// The driver: its queue (rings from address 0, a page apart), the
+/// device's side of it, and a heap for requests and replies.
 struct Ring {
     mem: GuestMemoryMmap,
+    driver: SplitQueueDriver,
     queue: Queue,
-    avail_idx: u16,
-    next_desc: u16,
-    heap: u64,
+    heap: GuestHeap,
     unique: u64,
     interrupt: Interrupt,
 }
 
 impl Ring {
     fn new() -> Self {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
-        let mut queue = Queue::new(QSIZE).unwrap();
-        queue.set_size(QSIZE);
-        queue.set_desc_table_address(Some(DESC as u32), Some(0));
-        queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        queue.set_used_ring_address(Some(USED as u32), Some(0));
-        queue.set_ready(true);
+        let mem = guest_memory(MEM);
+        let driver = SplitQueueDriver::new(&mem, RingLayout::paged(0, QSIZE));
         Self {
+            queue: driver.queue(),
             mem,
-            queue,
-            avail_idx: 0,
-            next_desc: 0,
-            heap: HEAP,
+            driver,
+            heap: GuestHeap::new(HEAP, MEM as u64),
             unique: 0,
             interrupt: Interrupt::new(
                 vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap(),
@@ -65,10 +59,7 @@ impl Ring {
     }
 
     fn alloc(&mut self, len: usize) -> u64 {
-        let addr = self.heap;
-        self.heap += (len as u64 + 63) & !63;
-        assert!(self.heap < MEM as u64);
-        addr
+        self.heap.alloc(len as u64)
     }
 
     /// Writes a request (header + body) and returns its address and length.
@@ -83,33 +74,7 @@ impl Ring {
         };
         let mut bytes = header.as_slice().to_vec();
         bytes.extend_from_slice(body);
-        let addr = self.alloc(bytes.len());
-        self.mem.write_slice(&bytes, GuestAddress(addr)).unwrap();
-        (addr, bytes.len() as u32)
-    }
-
-    /// Lays out a chain of (addr, len, device-writable) buffers; returns its head.
-    fn chain(&mut self, bufs: &[(u64, u32, bool)]) -> u16 {
-        let head = self.next_desc;
-        for (i, &(addr, len, write)) in bufs.iter().enumerate() {
-            let index = (head + i as u16) % QSIZE;
-            let more = i + 1 < bufs.len();
-            let flags = (u16::from(write) << 1) | u16::from(more);
-            let d = Descriptor::new(addr, len, flags, (index + 1) % QSIZE);
-            let at = DESC + u64::from(index) * 16;
-            self.mem.write_obj(d, GuestAddress(at)).unwrap();
-        }
-        self.next_desc = (head + bufs.len() as u16) % QSIZE;
-        head
-    }
-
-    fn offer(&mut self, head: u16) {
-        let slot = AVAIL + 4 + u64::from(self.avail_idx % QSIZE) * 2;
-        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-            .unwrap();
+        (self.heap.put(&self.mem, &bytes), bytes.len() as u32)
     }
 
     /// One request with a reply of `T`, served at once; returns the reply body.
@@ -122,11 +87,10 @@ impl Ring {
     ) -> T {
         let (req, len) = self.put_request(op, node, body);
         let reply = self.alloc(OUT + size_of::<T>());
-        let head = self.chain(&[
-            (req, len, false),
-            (reply, (OUT + size_of::<T>()) as u32, true),
+        self.driver.push(&[
+            Buf::readable(req, len),
+            Buf::writable(reply, (OUT + size_of::<T>()) as u32),
         ]);
-        self.offer(head);
         server.process_queue(&self.mem, &mut self.queue, &self.interrupt, None);
         let out: OutHeader = self.mem.read_obj(GuestAddress(reply)).unwrap();
         assert_eq!(out.error, 0, "{op:?} failed");
@@ -168,9 +132,8 @@ fn main() {
     };
     let opened: OpenOut = ring.call(&server, Opcode::Open, entry.nodeid, open.as_slice());
 
-    // BATCH READ chains, laid out once and offered again each round, as a
-    // driver recycling its buffers would.
-    ring.next_desc = 0;
+    // BATCH READ chains, laid out once from slot 0 and offered again each
+    // round, as a driver recycling its buffers would.
     let mut heads = Vec::new();
     let mut data_bufs = Vec::new();
     for i in 0..BATCH {
@@ -183,11 +146,14 @@ fn main() {
         let (req, len) = ring.put_request(Opcode::Read, entry.nodeid, read.as_slice());
         let out = ring.alloc(OUT);
         let buf = ring.alloc(READ_SIZE as usize);
-        heads.push(ring.chain(&[
-            (req, len, false),
-            (out, OUT as u32, true),
-            (buf, READ_SIZE, true),
-        ]));
+        heads.push(ring.driver.add_chain_at(
+            3 * i,
+            &[
+                Buf::readable(req, len),
+                Buf::writable(out, OUT as u32),
+                Buf::writable(buf, READ_SIZE),
+            ],
+        ));
         data_bufs.push((buf, read.offset));
     }
 
@@ -201,19 +167,18 @@ fn main() {
     while done < n {
         let count = (n - done).min(u64::from(BATCH)) as usize;
         for &head in &heads[..count] {
-            ring.offer(head);
+            ring.driver.offer(head);
         }
         server.process_queue(&ring.mem, &mut ring.queue, &ring.interrupt, None);
         done += count as u64;
     }
     let elapsed = start.elapsed();
 
-    let used: u16 = ring.mem.read_obj(GuestAddress(USED + 2)).unwrap();
+    let used = ring.driver.used_idx();
     assert_eq!(u64::from(used), (3 + n) % 65536, "every request answered");
     if n > 0 {
         let (buf, offset) = data_bufs[0];
-        let mut got = vec![0u8; READ_SIZE as usize];
-        ring.mem.read_slice(&mut got, GuestAddress(buf)).unwrap();
+        let got = read_bytes(&ring.mem, buf, READ_SIZE as usize);
         let offset = offset as usize;
         assert_eq!(got, data[offset..offset + READ_SIZE as usize]);
     }

@@ -15,15 +15,12 @@ use std::time::Instant;
 
 use skiff_devices::virtio::net::datapath::NetWorker;
 use skiff_devices::virtio::net::{NetBackend, NetStats, NET_HDR_LEN};
-use skiff_devices::virtio::{ActiveQueue, Interrupt};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use skiff_devices::virtio::test_utils::{guest_memory, Buf, RingLayout, SplitQueueDriver};
+use skiff_devices::virtio::Interrupt;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 const QUEUE: u16 = 256;
-const DESC: u64 = 0x0;
-const AVAIL: u64 = 0x1000;
-const USED: u64 = 0x2000;
 const BUFS: u64 = 0x1_0000;
 const FRAME: usize = 1500;
 
@@ -55,42 +52,24 @@ fn main() {
         .find(|a| !a.starts_with('-'))
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
+    let mem = guest_memory(0x100_0000);
+    let mut tx = SplitQueueDriver::new(&mem, RingLayout::paged(0, QUEUE));
+    // The RX queue is never used; it only has to exist.
+    let rx = SplitQueueDriver::new(&mem, RingLayout::paged(0x8000, QUEUE));
 
     // One single-buffer chain per descriptor, header and frame together,
     // as Linux posts a linear skb; the table never changes.
     let len = (NET_HDR_LEN + FRAME) as u32;
     let payload = vec![0x5au8; FRAME];
-    for i in 0..u64::from(QUEUE) {
-        let buf = BUFS + i * 0x800;
-        let mut desc = [0u8; 16];
-        desc[..8].copy_from_slice(&buf.to_le_bytes());
-        desc[8..12].copy_from_slice(&len.to_le_bytes());
-        mem.write_slice(&desc, GuestAddress(DESC + 16 * i)).unwrap();
+    for i in 0..QUEUE {
+        let buf = BUFS + u64::from(i) * 0x800;
+        tx.add_chain_at(i, &[Buf::readable(buf, len)]);
         mem.write_slice(&[0u8; NET_HDR_LEN], GuestAddress(buf))
             .unwrap();
         mem.write_slice(&payload, GuestAddress(buf + NET_HDR_LEN as u64))
             .unwrap();
     }
 
-    let mut tx = Queue::new(QUEUE).unwrap();
-    tx.set_size(QUEUE);
-    tx.set_desc_table_address(Some(DESC as u32), Some(0));
-    tx.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-    tx.set_used_ring_address(Some(USED as u32), Some(0));
-    tx.set_ready(true);
-    tx.set_event_idx(true);
-    // The RX queue is never used; it only has to exist.
-    let mut rx = Queue::new(QUEUE).unwrap();
-    rx.set_size(QUEUE);
-    rx.set_desc_table_address(Some(0x8000), Some(0));
-    rx.set_avail_ring_address(Some(0x9000), Some(0));
-    rx.set_used_ring_address(Some(0xa000), Some(0));
-    rx.set_ready(true);
-    let queue = |queue| ActiveQueue {
-        queue,
-        notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-    };
     let backend = Arc::new(CountingBackend {
         fd: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
         bytes: AtomicU64::new(0),
@@ -99,8 +78,8 @@ fn main() {
     let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
     let mut worker = NetWorker::new(
         mem.clone(),
-        queue(rx),
-        queue(tx),
+        rx.active_queue(false),
+        tx.active_queue(true),
         backend.clone(),
         irq,
         stats.clone(),
@@ -118,12 +97,10 @@ fn main() {
     while left > 0 {
         let batch = left.min(u64::from(QUEUE)) as u16;
         for _ in 0..batch {
-            let slot = u64::from(avail_idx % QUEUE);
-            mem.write_obj(avail_idx % QUEUE, GuestAddress(AVAIL + 4 + 2 * slot))
-                .unwrap();
+            tx.write_avail_slot(avail_idx, avail_idx % QUEUE);
             avail_idx = avail_idx.wrapping_add(1);
         }
-        mem.write_obj(avail_idx, GuestAddress(AVAIL + 2)).unwrap();
+        tx.set_avail_idx(avail_idx);
         worker.process_tx();
         left -= u64::from(batch);
     }

@@ -9,55 +9,24 @@
 
 use std::io::{ErrorKind, Read};
 use std::os::unix::net::UnixListener;
-use std::sync::Arc;
 use std::time::Instant;
 
+use skiff_devices::virtio::test_utils::{
+    activation, guest_memory, Buf, RingLayout, SplitQueueDriver,
+};
 use skiff_devices::virtio::vsock::Vsock;
-use skiff_devices::virtio::{Activation, ActiveQueue, Interrupt, VirtioDevice};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
+use skiff_devices::virtio::VirtioDevice;
+use vm_memory::{Bytes, GuestAddress};
 
 const QSIZE: u16 = 256;
 const RXQ: u64 = 0x0;
 const TXQ: u64 = 0x4000;
 const EVQ: u64 = 0x8000;
-const AVAIL: u64 = 0x1000;
 const BUFS: u64 = 0x10_0000;
 const RX_BUFS: u64 = 0x80_0000;
 const DATA: u32 = 4096;
 const BATCH: u16 = 16;
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
 const GUEST_CID: u64 = 3;
-
-fn make_queue(base: u64) -> Queue {
-    let mut q = Queue::new(QSIZE).unwrap();
-    q.set_size(QSIZE);
-    q.set_desc_table_address(Some(base as u32), Some(0));
-    q.set_avail_ring_address(Some((base + AVAIL) as u32), Some(0));
-    q.set_used_ring_address(Some((base + 2 * AVAIL) as u32), Some(0));
-    q.set_ready(true);
-    q
-}
-
-fn desc(mem: &GuestMemoryMmap, base: u64, index: u16, addr: u64, len: u32, flags: u16) {
-    let at = GuestAddress(base + 16 * u64::from(index));
-    let mut raw = [0u8; 16];
-    raw[0..8].copy_from_slice(&addr.to_le_bytes());
-    raw[8..12].copy_from_slice(&len.to_le_bytes());
-    raw[12..14].copy_from_slice(&flags.to_le_bytes());
-    raw[14..16].copy_from_slice(&(index + 1).to_le_bytes());
-    mem.write_slice(&raw, at).unwrap();
-}
-
-fn make_avail(mem: &GuestMemoryMmap, base: u64, head: u16) {
-    let idx: u16 = mem.read_obj(GuestAddress(base + AVAIL + 2)).unwrap();
-    let slot = base + AVAIL + 4 + 2 * u64::from(idx % QSIZE);
-    mem.write_obj(head, GuestAddress(slot)).unwrap();
-    mem.write_obj(idx.wrapping_add(1), GuestAddress(base + AVAIL + 2))
-        .unwrap();
-}
 
 fn header(op: u16, len: u32) -> [u8; 44] {
     let mut h = [0u8; 44];
@@ -81,24 +50,17 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("v.sock");
     let service = UnixListener::bind(format!("{}_5000", socket.display())).unwrap();
-    let mem: GuestMemoryMmap =
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
+    let mem = guest_memory(0x100_0000);
     let device = Vsock::new(GUEST_CID, &socket).unwrap();
-    let queues = [RXQ, TXQ, EVQ]
+    // Each queue's rings from its base, a page apart.
+    let [mut rx, mut tx, ev] =
+        [RXQ, TXQ, EVQ].map(|base| SplitQueueDriver::new(&mem, RingLayout::paged(base, QSIZE)));
+    let queues = [&rx, &tx, &ev]
         .into_iter()
-        .map(|base| ActiveQueue {
-            queue: make_queue(base),
-            notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        })
+        .map(|d| d.active_queue(false))
         .collect();
     let mut worker = device
-        .data_path(Activation {
-            mem: mem.clone(),
-            features: device.features(),
-            queues,
-            interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
-            confinement: skiff_confine::Confinement::inline(),
-        })
+        .data_path(activation(&mem, device.features(), queues))
         .unwrap();
 
     // RX buffers for RESPONSE and credit updates.
@@ -107,9 +69,9 @@ fn main() {
         for _ in 0..count {
             let slot = (rx_posted % 64) * 2;
             let addr = RX_BUFS + u64::from(slot) * 0x1000;
-            desc(&mem, RXQ, slot, addr, 44, WRITE | NEXT);
-            desc(&mem, RXQ, slot + 1, addr + 0x100, DATA, WRITE);
-            make_avail(&mem, RXQ, slot);
+            let bufs = [Buf::writable(addr, 44), Buf::writable(addr + 0x100, DATA)];
+            let head = rx.add_chain_at(slot, &bufs);
+            rx.offer(head);
             rx_posted = rx_posted.wrapping_add(1);
         }
     };
@@ -117,8 +79,8 @@ fn main() {
 
     // Connect: REQUEST from guest port 1 to host port 5000.
     mem.write_slice(&header(1, 0), GuestAddress(BUFS)).unwrap();
-    desc(&mem, TXQ, 0, BUFS, 44, 0);
-    make_avail(&mem, TXQ, 0);
+    let head = tx.add_chain_at(0, &[Buf::readable(BUFS, 44)]);
+    tx.offer(head);
     worker.process_tx();
     worker.process_rx();
     let (mut host, _) = service.accept().unwrap();
@@ -146,9 +108,9 @@ fn main() {
         let batch = (n - sent).min(u64::from(BATCH)) as u16;
         for i in 0..batch {
             let addr = BUFS + u64::from(i) * 0x2000;
-            desc(&mem, TXQ, 2 * i, addr, 44, NEXT);
-            desc(&mem, TXQ, 2 * i + 1, addr + 0x100, DATA, 0);
-            make_avail(&mem, TXQ, 2 * i);
+            let bufs = [Buf::readable(addr, 44), Buf::readable(addr + 0x100, DATA)];
+            let head = tx.add_chain_at(2 * i, &bufs);
+            tx.offer(head);
         }
         worker.process_tx();
         worker.process_rx();

@@ -341,7 +341,7 @@ impl Guest {
         let mut hostile = false;
         let mut ranges = Vec::new();
         for i in 0..window {
-            let head = avail_slot(d, start.wrapping_add(i) % size);
+            let head = d.avail_slot(start.wrapping_add(i) % size);
             let chain = chains.entry(head).or_insert_with(|| {
                 let chain = d.chain(head);
                 let writable = chain
@@ -408,11 +408,6 @@ impl Guest {
         }
         used
     }
-}
-
-fn avail_slot(d: &SplitQueueDriver, slot: u16) -> u16 {
-    let at = d.layout().avail.wrapping_add(4 + 2 * u64::from(slot));
-    skiff_devices::virtio::test_utils::read_obj(d.mem(), at)
 }
 
 /// Seed writers for the generic part of every input.

@@ -29,10 +29,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use skiff_devices::virtio::test_utils::{read_bytes, Buf};
+use skiff_devices::virtio::test_utils::{activation, read_bytes, Buf};
 use skiff_devices::virtio::vsock::{Vsock, VsockWorker, HOST_CID};
-use skiff_devices::virtio::{Activation, Interrupt, VirtioDevice};
-use vmm_sys_util::eventfd::EventFd;
+use skiff_devices::virtio::{Interrupt, VirtioDevice};
 
 use crate::guest::{tag, Guest, MAX_ACTIONS};
 use crate::input::{Input, Seed};
@@ -76,18 +75,10 @@ struct Host {
 }
 
 fn data_path(guest: &Guest, device: &Vsock) -> (VsockWorker, Arc<Interrupt>) {
-    let interrupt = Arc::new(Interrupt::new(
-        EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
-    ));
-    let worker = device
-        .data_path(Activation {
-            mem: guest.mem.clone(),
-            features: device.features(),
-            queues: (0..3).map(|q| guest.queues[q].active_queue(true)).collect(),
-            interrupt: interrupt.clone(),
-            confinement: skiff_confine::Confinement::inline(),
-        })
-        .expect("vsock data path");
+    let queues = (0..3).map(|q| guest.queues[q].active_queue(true)).collect();
+    let activation = activation(&guest.mem, device.features(), queues);
+    let interrupt = activation.interrupt.clone();
+    let worker = device.data_path(activation).expect("vsock data path");
     (worker, interrupt)
 }
 

@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
-    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
-    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_queue::Queue;
@@ -13,13 +12,9 @@ use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::disk::{DiskFile, DIRECT_ALIGN};
-use super::request::{gather, scatter, to_iovecs, Buffers, Header, RequestError, HEADER_LEN};
+use super::request::{gather, scatter, to_iovecs, Buffers, Header, RequestError, HEADER_LEN, S_OK};
 use super::{ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SECTOR_SIZE};
 use crate::virtio::{queue, Interrupt};
-
-pub(crate) const S_OK: u8 = VIRTIO_BLK_S_OK as u8;
-pub(crate) const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
-pub(crate) const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
 /// Size of `struct virtio_blk_discard_write_zeroes`.
 const RANGE_LEN: usize = 16;

@@ -7,13 +7,26 @@
 //! last descriptor, which must be device-writable, and data is what lies
 //! between. Nothing here trusts the guest: every length is summed with
 //! checked arithmetic and every address is checked before use.
+//!
+//! It also defines what a request ends in, the status byte ([`S_OK`] and
+//! the errors [`RequestError::status`] maps to), so that [`super::queue`]
+//! depends on this module and never the other way round.
 
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+
 use super::MAX_CHAIN_BUFFERS;
+
+/// Status byte: the request succeeded.
+pub(crate) const S_OK: u8 = VIRTIO_BLK_S_OK as u8;
+/// Status byte: the request failed (bad buffers, range, I/O error...).
+pub(crate) const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+/// Status byte: the request type or its flags are not supported.
+pub(crate) const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
 /// Size of `struct virtio_blk_outhdr`: le32 type, le32 reserved, le64 sector.
 pub(crate) const HEADER_LEN: u64 = 16;
@@ -51,8 +64,8 @@ impl RequestError {
     /// The status byte the driver gets.
     pub(crate) fn status(&self) -> u8 {
         match self {
-            Self::Unsupported(_) | Self::UnsupportedFlags(_) => super::queue::S_UNSUPP,
-            _ => super::queue::S_IOERR,
+            Self::Unsupported(_) | Self::UnsupportedFlags(_) => S_UNSUPP,
+            _ => S_IOERR,
         }
     }
 }

@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_blk::*;
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::tempfile::TempFile;
 
 use super::disk::DiskOpenError;
 use super::*;
+use crate::virtio::test_utils::{
+    guest_memory, Buf, Desc, RingLayout, SplitQueueDriver, F_NEXT, F_WRITE,
+};
 use crate::virtio::{Activation, ActiveQueue, Interrupt, VirtioDevice, F_VERSION_1};
 
 const MEM_SIZE: usize = 0x10_0000;
@@ -28,18 +29,11 @@ const STATUS: u64 = 0xf_0000;
 const OUTSIDE: u64 = 0x1000_0000;
 const DISK_SECTORS: u64 = 2048; // 1 MiB
 
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
-const INDIRECT: u16 = 4;
-
-/// (guest address, length, device-writable)
-type Desc = (u64, u32, bool);
-
-fn r(addr: u64, len: u32) -> Desc {
-    (addr, len, false)
+fn r(addr: u64, len: u32) -> Buf {
+    Buf::readable(addr, len)
 }
-fn w(addr: u64, len: u32) -> Desc {
-    (addr, len, true)
+fn w(addr: u64, len: u32) -> Buf {
+    Buf::writable(addr, len)
 }
 
 /// A disk image whose every byte is a function of its offset.
@@ -58,47 +52,36 @@ fn all_features() -> u64 {
     F_VERSION_1 | (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES)
 }
 
-/// A queue laid out by `mock`, but with the used ring where the spec puts
-/// it: MockSplitQueue (virtio-queue 0.17) places it `size` bytes after the
-/// avail ring's entries start, over their upper half. Returns the queue and
-/// its used ring address.
-fn queue_for(mock: &MockSplitQueue<GuestMemoryMmap>, size: u16) -> (Queue, u64) {
-    let used = (mock.avail_addr().0 + 6 + 2 * u64::from(size) + 3) & !3;
-    let mut queue: Queue = mock.create_queue().unwrap();
-    queue.try_set_used_ring_address(GuestAddress(used)).unwrap();
-    (queue, used)
-}
-
-/// Drives a [`RequestQueue`] as a guest driver would.
-struct Driver<'a> {
-    mem: &'a GuestMemoryMmap,
-    mock: MockSplitQueue<'a, GuestMemoryMmap>,
-    used_addr: u64,
+/// Drives a [`RequestQueue`] as a guest driver would, on a queue laid out
+/// as `MockSplitQueue` lays it out (with the used ring where the spec puts
+/// it: see [`RingLayout::packed`]).
+struct Driver {
+    mem: GuestMemoryMmap,
+    ring: SplitQueueDriver,
     queue: RequestQueue,
+    /// Chains never wrap around the end of the table: a chain that would
+    /// starts over at slot 0.
     next_desc: u16,
-    avail: u16,
-    used: u16,
 }
 
-impl<'a> Driver<'a> {
-    fn new(mem: &'a GuestMemoryMmap, path: &Path, read_only: bool, direct: bool) -> Self {
+impl Driver {
+    fn new(mem: &GuestMemoryMmap, path: &Path, read_only: bool, direct: bool) -> Self {
         Self::with_features(mem, path, read_only, direct, all_features())
     }
 
     fn with_features(
-        mem: &'a GuestMemoryMmap,
+        mem: &GuestMemoryMmap,
         path: &Path,
         read_only: bool,
         direct: bool,
         features: u64,
     ) -> Self {
         let disk = DiskFile::open(path, read_only, direct).unwrap();
-        let mock = MockSplitQueue::create(mem, GuestAddress(0), QSIZE);
-        let (queue, used_addr) = queue_for(&mock, QSIZE);
+        let ring = SplitQueueDriver::new(mem, RingLayout::packed(0, QSIZE));
         Self {
-            mem,
+            mem: mem.clone(),
             queue: RequestQueue::new(
-                queue,
+                ring.queue(),
                 mem.clone(),
                 Arc::new(disk),
                 features,
@@ -106,39 +89,18 @@ impl<'a> Driver<'a> {
                     vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap(),
                 )),
             ),
-            mock,
-            used_addr,
+            ring,
             next_desc: 0,
-            avail: 0,
-            used: 0,
         }
     }
 
-    fn put_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = GuestAddress(self.mock.desc_table_addr().0 + 16 * u64::from(index));
-        let mut raw = [0u8; 16];
-        raw[0..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..16].copy_from_slice(&next.to_le_bytes());
-        self.mem.write_slice(&raw, at).unwrap();
-    }
-
     /// Lays `descs` out as one chain in the descriptor table; returns its head.
-    fn build(&mut self, descs: &[Desc]) -> u16 {
+    fn build(&mut self, descs: &[Buf]) -> u16 {
         let n = descs.len() as u16;
         if self.next_desc + n > QSIZE {
             self.next_desc = 0;
         }
-        let head = self.next_desc;
-        for (i, &(addr, len, writable)) in descs.iter().enumerate() {
-            let index = head + i as u16;
-            let mut flags = if writable { WRITE } else { 0 };
-            if i + 1 < descs.len() {
-                flags |= NEXT;
-            }
-            self.put_desc(index, addr, len, flags, index + 1);
-        }
+        let head = self.ring.add_chain_at(self.next_desc, descs);
         self.next_desc += n;
         head
     }
@@ -146,28 +108,15 @@ impl<'a> Driver<'a> {
     /// Makes chain `head` available, lets the device run, and returns the
     /// used length it reported.
     fn run(&mut self, head: u16) -> u32 {
-        let avail = self.mock.avail_addr().0;
-        let slot = 4 + 2 * u64::from(self.avail % QSIZE);
-        self.mem
-            .write_obj(head, GuestAddress(avail + slot))
-            .unwrap();
-        self.avail = self.avail.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail, GuestAddress(avail + 2))
-            .unwrap();
+        self.ring.offer(head);
         self.queue.process();
-        let used = self.used_addr;
-        let idx: u16 = self.mem.read_obj(GuestAddress(used + 2)).unwrap();
-        assert_eq!(idx, self.used.wrapping_add(1), "one chain completed");
-        let slot = 4 + 8 * u64::from(self.used % QSIZE);
-        let id: u32 = self.mem.read_obj(GuestAddress(used + slot)).unwrap();
-        let len: u32 = self.mem.read_obj(GuestAddress(used + slot + 4)).unwrap();
-        assert_eq!(id, u32::from(head));
-        self.used = idx;
-        len
+        let used = self.ring.take_used();
+        assert_eq!(used.len(), 1, "one chain completed");
+        assert_eq!(used[0].id, u32::from(head));
+        used[0].len
     }
 
-    fn submit(&mut self, descs: &[Desc]) -> u32 {
+    fn submit(&mut self, descs: &[Buf]) -> u32 {
         let head = self.build(descs);
         self.run(head)
     }
@@ -219,7 +168,7 @@ const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
 fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+    guest_memory(MEM_SIZE)
 }
 
 fn file_bytes(file: &TempFile, offset: u64, len: usize) -> Vec<u8> {
@@ -312,21 +261,11 @@ fn indirect_chains_are_served() {
     let mut d = Driver::new(&mem, file.as_path(), false, false);
     d.header(VIRTIO_BLK_T_IN, 1);
     let table = 0x5_0000u64;
-    let entries: [(u64, u32, u16); 3] = [
-        (HDR, 16, NEXT),
-        (DATA, 512, NEXT | WRITE),
-        (STATUS, 1, WRITE),
-    ];
-    for (i, (addr, len, flags)) in entries.into_iter().enumerate() {
-        let at = table + 16 * i as u64;
-        mem.write_obj(addr, GuestAddress(at)).unwrap();
-        mem.write_obj(len, GuestAddress(at + 8)).unwrap();
-        mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
-        mem.write_obj(i as u16 + 1, GuestAddress(at + 14)).unwrap();
-    }
-    d.put_desc(0, table, 48, INDIRECT, 0);
+    let head = d
+        .ring
+        .add_indirect_chain_at(0, table, &[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]);
     d.next_desc = 1;
-    assert_eq!(d.run(0), 513);
+    assert_eq!(d.run(head), 513);
     assert_eq!(d.status(), S_OK);
     assert_eq!(
         d.bytes(DATA, 512),
@@ -482,17 +421,19 @@ fn descriptor_loops_are_dropped() {
     let mut d = Driver::new(&mem, file.as_path(), false, false);
     d.header(VIRTIO_BLK_T_IN, 0);
     // 0 -> 1 -> 0 -> ...
-    d.put_desc(0, HDR, 16, NEXT, 1);
-    d.put_desc(1, DATA, 512, NEXT | WRITE, 0);
+    d.ring.write_desc(0, Desc::new(HDR, 16, F_NEXT, 1));
+    d.ring
+        .write_desc(1, Desc::new(DATA, 512, F_NEXT | F_WRITE, 0));
     d.next_desc = 2;
     assert_eq!(d.run(0), 0);
     // A self-loop on the status descriptor.
-    d.put_desc(2, HDR, 16, NEXT, 3);
-    d.put_desc(3, STATUS, 1, NEXT | WRITE, 3);
+    d.ring.write_desc(2, Desc::new(HDR, 16, F_NEXT, 3));
+    d.ring
+        .write_desc(3, Desc::new(STATUS, 1, F_NEXT | F_WRITE, 3));
     d.next_desc = 4;
     assert_eq!(d.run(2), 0);
     // `next` past the table.
-    d.put_desc(4, HDR, 16, NEXT, QSIZE + 5);
+    d.ring.write_desc(4, Desc::new(HDR, 16, F_NEXT, QSIZE + 5));
     d.next_desc = 5;
     assert_eq!(d.run(4), 0);
     assert_eq!(d.status(), 0xff);
@@ -739,13 +680,13 @@ fn worker_serves_notifications_and_stops_on_reset() {
     for round in 0..2u64 {
         // A fresh queue each time, as after a driver reset.
         let base = 0x8_0000 + round * 0x1_0000;
-        let mock = MockSplitQueue::create(&mem, GuestAddress(base), 16);
+        let mut ring = SplitQueueDriver::new(&mem, RingLayout::packed(base, 16));
         let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         dev.activate(Activation {
             mem: mem.clone(),
             features: dev.features(),
             queues: vec![ActiveQueue {
-                queue: queue_for(&mock, 16).0,
+                queue: ring.queue(),
                 notify: notify.try_clone().unwrap(),
             }],
             interrupt: irq.clone(),
@@ -756,24 +697,7 @@ fn worker_serves_notifications_and_stops_on_reset() {
         raw[8..].copy_from_slice(&(round + 1).to_le_bytes());
         mem.write_slice(&raw, GuestAddress(HDR)).unwrap();
         mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
-        let table = mock.desc_table_addr().0;
-        for (i, (addr, len, flags)) in [
-            (HDR, 16u32, NEXT),
-            (DATA, 512, NEXT | WRITE),
-            (STATUS, 1, WRITE),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let at = table + 16 * i as u64;
-            mem.write_obj(addr, GuestAddress(at)).unwrap();
-            mem.write_obj(len, GuestAddress(at + 8)).unwrap();
-            mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
-            mem.write_obj(i as u16 + 1, GuestAddress(at + 14)).unwrap();
-        }
-        let avail = mock.avail_addr().0;
-        mem.write_obj(0u16, GuestAddress(avail + 4)).unwrap();
-        mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
+        ring.push(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]);
         notify.write(1).unwrap();
         assert!(wait_for(irq.irqfd()), "no interrupt in round {round}");
         assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_OK);
@@ -785,7 +709,7 @@ fn worker_serves_notifications_and_stops_on_reset() {
         assert_eq!(got, want);
         dev.reset();
         // The worker is gone: notifications go unanswered.
-        mem.write_obj(2u16, GuestAddress(avail + 2)).unwrap();
+        ring.set_avail_idx(2);
         notify.write(1).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         assert!(irq.irqfd().read().is_err());
@@ -817,7 +741,6 @@ fn ring_indices_wrap() {
 fn batches_complete_with_one_interrupt() {
     let (mem, file) = (memory(), image());
     let mut d = Driver::new(&mem, file.as_path(), false, false);
-    let avail = d.mock.avail_addr().0;
     let mut heads = Vec::new();
     for k in 0..8u64 {
         let header = HDR + 16 * k;
@@ -825,14 +748,12 @@ fn batches_complete_with_one_interrupt() {
             .unwrap();
         mem.write_obj(k, GuestAddress(header + 8)).unwrap();
         let head = d.build(&[r(header, 16), w(DATA + 512 * k, 512), w(STATUS + k, 1)]);
-        mem.write_obj(head, GuestAddress(avail + 4 + 2 * k))
-            .unwrap();
+        d.ring.write_avail_slot(k as u16, head);
         heads.push(head);
     }
-    mem.write_obj(8u16, GuestAddress(avail + 2)).unwrap();
+    d.ring.set_avail_idx(8);
     assert!(d.queue.process(), "the driver wants an interrupt");
-    let used_idx: u16 = mem.read_obj(GuestAddress(d.used_addr + 2)).unwrap();
-    assert_eq!(used_idx, 8);
+    assert_eq!(d.ring.used_idx(), 8);
     for k in 0..8u64 {
         assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS + k)).unwrap(), S_OK);
     }
@@ -871,11 +792,10 @@ fn buffers_may_cross_memory_regions() {
 fn a_broken_avail_index_fails_the_device_instead_of_spinning() {
     let file = image();
     let mem = memory();
-    let d = Driver::new(&mem, file.as_path(), false, false);
-    let avail = d.mock.avail_addr().0;
+    let mut d = Driver::new(&mem, file.as_path(), false, false);
     // virtio-queue pops nothing for this index while enable_notification
     // keeps saying "more": the old loop never returned.
-    mem.write_obj(QSIZE + 1, GuestAddress(avail + 2)).unwrap();
+    d.ring.set_avail_idx(QSIZE + 1);
     let (tx, rx) = std::sync::mpsc::channel();
     let mut queue = d.queue;
     std::thread::spawn(move || {

@@ -229,11 +229,7 @@ mod tests {
         fn run(&mut self) -> Vec<u32> {
             self.server
                 .process_queue(&self.driver.mem, &mut self.queue, &self.interrupt, None);
-            self.driver
-                .take_used()
-                .into_iter()
-                .map(|(_, l)| l)
-                .collect()
+            self.driver.take_used().into_iter().map(|u| u.len).collect()
         }
 
         fn getattr_root(&mut self) -> (u32, i32) {
@@ -301,21 +297,9 @@ mod tests {
         let out = s.driver.alloc(OUT_HEADER_SIZE);
         let data = s.driver.alloc(4096);
         s.driver.push(&[
-            Buf {
-                addr: req,
-                len: header.len,
-                write: false,
-            },
-            Buf {
-                addr: out,
-                len: OUT_HEADER_SIZE as u32,
-                write: true,
-            },
-            Buf {
-                addr: data,
-                len: 4096,
-                write: true,
-            },
+            Buf::readable(req, header.len),
+            Buf::writable(out, OUT_HEADER_SIZE as u32),
+            Buf::writable(data, 4096),
         ]);
         assert_eq!(s.run(), vec![(OUT_HEADER_SIZE + HELLO.len()) as u32]);
         assert_eq!(s.error_of(out), 0);
@@ -451,16 +435,8 @@ mod tests {
         let bytes = s.driver.getattr_root_bytes();
         let req = s.driver.put(&bytes);
         s.driver.push(&[
-            Buf {
-                addr: req,
-                len: bytes.len() as u32,
-                write: false,
-            },
-            Buf {
-                addr: 0x1000,
-                len: ATTR_REPLY,
-                write: true,
-            },
+            Buf::readable(req, bytes.len() as u32),
+            Buf::writable(0x1000, ATTR_REPLY),
         ]);
         // The reply lands on the avail ring (guest memory the guest gave
         // for it) and turns its index into nonsense: the next look fails
@@ -472,16 +448,8 @@ mod tests {
         let req = s.driver.put(&bytes);
         let reply = s.driver.alloc(ATTR_REPLY as usize);
         s.driver.push(&[
-            Buf {
-                addr: req,
-                len: bytes.len() as u32,
-                write: false,
-            },
-            Buf {
-                addr: reply,
-                len: ATTR_REPLY,
-                write: true,
-            },
+            Buf::readable(req, bytes.len() as u32),
+            Buf::writable(reply, ATTR_REPLY),
         ]);
         assert!(s.run().is_empty());
     }
@@ -504,16 +472,8 @@ mod tests {
         req.extend_from_slice(init.as_slice());
         let req = s.driver.put(&req);
         let bufs: Vec<u64> = (0..3).map(|_| s.driver.alloc(48)).collect();
-        let mut chain = vec![Buf {
-            addr: req,
-            len: header.len,
-            write: false,
-        }];
-        chain.extend(bufs.iter().map(|&addr| Buf {
-            addr,
-            len: 48,
-            write: true,
-        }));
+        let mut chain = vec![Buf::readable(req, header.len)];
+        chain.extend(bufs.iter().map(|&addr| Buf::writable(addr, 48)));
         s.driver.push(&chain);
         let init_len = (OUT_HEADER_SIZE + size_of::<InitOut>()) as u32;
         assert_eq!(s.run(), vec![init_len]);
@@ -528,18 +488,8 @@ mod tests {
         // Shorter than a FUSE header: nothing to answer to.
         let short = s.driver.put(&[0u8; 20]);
         let reply = s.driver.alloc(64);
-        s.driver.push(&[
-            Buf {
-                addr: short,
-                len: 20,
-                write: false,
-            },
-            Buf {
-                addr: reply,
-                len: 64,
-                write: true,
-            },
-        ]);
+        s.driver
+            .push(&[Buf::readable(short, 20), Buf::writable(reply, 64)]);
         assert_eq!(s.run(), vec![0]);
 
         // A header claiming more bytes than the chain carries.
@@ -550,16 +500,8 @@ mod tests {
         let req = s.driver.put(&bytes);
         let reply = s.driver.alloc(ENTRY_REPLY as usize);
         s.driver.push(&[
-            Buf {
-                addr: req,
-                len: bytes.len() as u32,
-                write: false,
-            },
-            Buf {
-                addr: reply,
-                len: ENTRY_REPLY,
-                write: true,
-            },
+            Buf::readable(req, bytes.len() as u32),
+            Buf::writable(reply, ENTRY_REPLY),
         ]);
         assert_eq!(s.run(), vec![OUT_HEADER_SIZE as u32]);
         assert_eq!(s.error_of(reply), einval);
@@ -570,18 +512,8 @@ mod tests {
         header.len = 8;
         let req = s.driver.put(header.as_slice());
         let reply = s.driver.alloc(64);
-        s.driver.push(&[
-            Buf {
-                addr: req,
-                len: 40,
-                write: false,
-            },
-            Buf {
-                addr: reply,
-                len: 64,
-                write: true,
-            },
-        ]);
+        s.driver
+            .push(&[Buf::readable(req, 40), Buf::writable(reply, 64)]);
         assert_eq!(s.run(), vec![OUT_HEADER_SIZE as u32]);
         assert_eq!(s.error_of(reply), einval);
 
@@ -610,48 +542,22 @@ mod tests {
         // A request buffer outside guest memory.
         let reply = s.driver.alloc(64);
         s.driver.push(&[
-            Buf {
-                addr: 0xffff_0000_0000,
-                len: 64,
-                write: false,
-            },
-            Buf {
-                addr: reply,
-                len: 64,
-                write: true,
-            },
+            Buf::readable(0xffff_0000_0000, 64),
+            Buf::writable(reply, 64),
         ]);
         // A reply buffer outside guest memory.
         let bytes = s.driver.getattr_root_bytes();
         let req = s.driver.put(&bytes);
-        s.driver.push(&[
-            Buf {
-                addr: req,
-                len: 56,
-                write: false,
-            },
-            Buf {
-                addr: 0xffff_0000_0000,
-                len: 64,
-                write: true,
-            },
-        ]);
+        s.driver
+            .push(&[Buf::readable(req, 56), Buf::writable(0xffff_0000_0000, 64)]);
         assert_eq!(s.run(), vec![0, 0]);
 
         // Wrong directions: only device-writable buffers, or no room to reply.
         let buf = s.driver.alloc(128);
-        s.driver.push(&[Buf {
-            addr: buf,
-            len: 128,
-            write: true,
-        }]);
+        s.driver.push(&[Buf::writable(buf, 128)]);
         let bytes = s.driver.getattr_root_bytes();
         let req = s.driver.put(&bytes);
-        s.driver.push(&[Buf {
-            addr: req,
-            len: bytes.len() as u32,
-            write: false,
-        }]);
+        s.driver.push(&[Buf::readable(req, bytes.len() as u32)]);
         assert_eq!(s.run(), vec![0, 0]);
 
         // Zero-length descriptors around a valid request are harmless.
@@ -659,26 +565,10 @@ mod tests {
         let req = s.driver.put(&bytes);
         let reply = s.driver.alloc(ATTR_REPLY as usize);
         s.driver.push(&[
-            Buf {
-                addr: req,
-                len: 0,
-                write: false,
-            },
-            Buf {
-                addr: req,
-                len: bytes.len() as u32,
-                write: false,
-            },
-            Buf {
-                addr: reply,
-                len: 0,
-                write: true,
-            },
-            Buf {
-                addr: reply,
-                len: ATTR_REPLY,
-                write: true,
-            },
+            Buf::readable(req, 0),
+            Buf::readable(req, bytes.len() as u32),
+            Buf::writable(reply, 0),
+            Buf::writable(reply, ATTR_REPLY),
         ]);
         assert_eq!(s.run(), vec![ATTR_REPLY]);
         assert_eq!(s.error_of(reply), 0);
@@ -689,26 +579,10 @@ mod tests {
         let big = s.driver.alloc(0x8_0000);
         let chunk = 0x8_0000;
         s.driver.push(&[
-            Buf {
-                addr: req,
-                len: bytes.len() as u32,
-                write: false,
-            },
-            Buf {
-                addr: big,
-                len: chunk,
-                write: true,
-            },
-            Buf {
-                addr: big,
-                len: chunk,
-                write: true,
-            },
-            Buf {
-                addr: big,
-                len: chunk,
-                write: true,
-            },
+            Buf::readable(req, bytes.len() as u32),
+            Buf::writable(big, chunk),
+            Buf::writable(big, chunk),
+            Buf::writable(big, chunk),
         ]);
         assert_eq!(s.run(), vec![OUT_HEADER_SIZE as u32]);
         assert_eq!(s.error_of(big), einval);
@@ -719,11 +593,7 @@ mod tests {
             .header(Opcode::Forget as u32, 5, size_of::<ForgetIn>());
         header.len = 4000;
         let req = s.driver.put(header.as_slice());
-        s.driver.push(&[Buf {
-            addr: req,
-            len: 40,
-            write: false,
-        }]);
+        s.driver.push(&[Buf::readable(req, 40)]);
         assert_eq!(s.run(), vec![0]);
 
         // A descriptor that chains to itself: the chain ends at the queue size.

@@ -1,20 +1,22 @@
-//! A minimal driver side for the tests: a split queue in test guest
-//! memory, FUSE requests written into it, replies read back.
+//! The FUSE side of the tests' driver: requests written into test guest
+//! memory and offered on a split queue ([`crate::virtio::test_utils`]),
+//! replies read back.
 
 use std::path::Path;
 
 use fuse_backend_rs::abi::fuse_abi::{GetattrIn, InHeader, InitIn, InitOut, Opcode, OutHeader};
 use fuse_backend_rs::api::filesystem::ROOT_ID;
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{CacheMode, FsShare};
+pub use crate::virtio::test_utils::Buf;
+use crate::virtio::test_utils::{
+    guest_memory, Desc, GuestHeap, RingLayout, SplitQueueDriver, Used,
+};
 
 pub const QSIZE: u16 = 16;
 pub const MEM_SIZE: u64 = 0x40_0000;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 
 pub fn share(dir: &Path, read_only: bool) -> FsShare {
     FsShare {
@@ -27,25 +29,16 @@ pub fn share(dir: &Path, read_only: bool) -> FsShare {
 }
 
 pub fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+    guest_memory(MEM_SIZE as usize)
 }
 
-/// One descriptor as the test lays it out.
-#[derive(Clone, Copy)]
-pub struct Buf {
-    pub addr: u64,
-    pub len: u32,
-    pub write: bool,
-}
-
-/// The driver's view of one split queue at `base`.
+/// The driver's view of one split queue at `base` (descriptors, avail and
+/// used ring a page apart), its buffers from a heap, and the FUSE requests
+/// it sends; the queue itself is driven by [`SplitQueueDriver`].
 pub struct Driver {
     pub mem: GuestMemoryMmap,
-    base: u64,
-    avail_idx: u16,
-    used_seen: u16,
-    next_desc: u16,
-    heap: u64,
+    ring: SplitQueueDriver,
+    heap: GuestHeap,
     unique: u64,
 }
 
@@ -54,78 +47,39 @@ impl Driver {
     pub fn new(mem: &GuestMemoryMmap, base: u64, heap: u64) -> Self {
         Self {
             mem: mem.clone(),
-            base,
-            avail_idx: 0,
-            used_seen: 0,
-            next_desc: 0,
-            heap,
+            ring: SplitQueueDriver::new(mem, RingLayout::paged(base, QSIZE)),
+            heap: GuestHeap::new(heap, MEM_SIZE),
             unique: 0,
         }
     }
 
-    fn desc_table(&self) -> u64 {
-        self.base
-    }
-    fn avail(&self) -> u64 {
-        self.base + 0x1000
-    }
-    fn used(&self) -> u64 {
-        self.base + 0x2000
-    }
-
     /// The device's side of the queue, as the transport would hand it over.
     pub fn queue(&self) -> Queue {
-        let mut q = Queue::new(QSIZE).unwrap();
-        q.set_size(QSIZE);
-        q.set_desc_table_address(Some(self.desc_table() as u32), Some(0));
-        q.set_avail_ring_address(Some(self.avail() as u32), Some(0));
-        q.set_used_ring_address(Some(self.used() as u32), Some(0));
-        q.set_ready(true);
-        q
+        self.ring.queue()
     }
 
     pub fn alloc(&mut self, len: usize) -> u64 {
-        let addr = self.heap;
-        self.heap += (len as u64 + 7) & !7;
-        assert!(self.heap < MEM_SIZE, "test heap exhausted");
-        addr
+        self.heap.alloc(len as u64)
     }
 
     pub fn put(&mut self, bytes: &[u8]) -> u64 {
-        let addr = self.alloc(bytes.len());
-        self.mem.write_slice(bytes, GuestAddress(addr)).unwrap();
-        addr
+        self.heap.put(&self.mem, bytes)
     }
 
     /// Writes a descriptor at table slot `index`.
     pub fn write_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let d = Descriptor::new(addr, len, flags, next);
-        let at = self.desc_table() + u64::from(index) * 16;
-        self.mem.write_obj(d, GuestAddress(at)).unwrap();
+        self.ring
+            .write_desc(index, Desc::new(addr, len, flags, next));
     }
 
     /// Offers the chain whose head is table slot `head`.
     pub fn offer(&mut self, head: u16) {
-        let slot = self.avail() + 4 + u64::from(self.avail_idx % QSIZE) * 2;
-        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(self.avail() + 2))
-            .unwrap();
+        self.ring.offer(head);
     }
 
     /// Lays `bufs` out as one chain and offers it; returns the head.
     pub fn push(&mut self, bufs: &[Buf]) -> u16 {
-        let head = self.next_desc;
-        for (i, b) in bufs.iter().enumerate() {
-            let index = (head + i as u16) % QSIZE;
-            let last = i + 1 == bufs.len();
-            let flags = if b.write { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
-            self.write_desc(index, b.addr, b.len, flags, (index + 1) % QSIZE);
-        }
-        self.next_desc = (head + bufs.len() as u16) % QSIZE;
-        self.offer(head);
-        head
+        self.ring.push(bufs)
     }
 
     pub fn header(&mut self, opcode: u32, nodeid: u64, body_len: usize) -> InHeader {
@@ -160,32 +114,15 @@ impl Driver {
         let req = self.put(&bytes);
         let reply = self.alloc(reply_len as usize);
         self.push(&[
-            Buf {
-                addr: req,
-                len: bytes.len() as u32,
-                write: false,
-            },
-            Buf {
-                addr: reply,
-                len: reply_len,
-                write: true,
-            },
+            Buf::readable(req, bytes.len() as u32),
+            Buf::writable(reply, reply_len),
         ]);
         reply
     }
 
     /// The used entries the device returned since the last call.
-    pub fn take_used(&mut self) -> Vec<(u32, u32)> {
-        let idx: u16 = self.mem.read_obj(GuestAddress(self.used() + 2)).unwrap();
-        let mut out = Vec::new();
-        while self.used_seen != idx {
-            let at = self.used() + 4 + u64::from(self.used_seen % QSIZE) * 8;
-            let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-            out.push((id, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
+    pub fn take_used(&mut self) -> Vec<Used> {
+        self.ring.take_used()
     }
 
     pub fn out_header(&self, reply: u64) -> OutHeader {

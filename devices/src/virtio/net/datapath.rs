@@ -368,7 +368,8 @@ impl Drop for NetWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::net::testing::{memory, Driver, FakeBackend, WRITE};
+    use crate::virtio::net::testing::{memory, queue_in_page, FakeBackend};
+    use crate::virtio::test_utils::{Buf, Desc, SplitQueueDriver, Used, F_NEXT, F_WRITE};
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EventFd;
 
@@ -394,11 +395,13 @@ mod tests {
             }
         }
 
-        fn worker(&self, rx: &Driver, tx: &Driver) -> NetWorker {
+        fn worker(&self, rx: &SplitQueueDriver, tx: &SplitQueueDriver) -> NetWorker {
+            let (rx, tx) = (rx.active_queue(true), tx.active_queue(true));
+            assert!(rx.queue.is_valid(&self.mem) && tx.queue.is_valid(&self.mem));
             NetWorker::new(
                 self.mem.clone(),
-                rx.active_queue(),
-                tx.active_queue(),
+                rx,
+                tx,
                 self.backend.clone(),
                 self.irq.clone(),
                 self.stats.clone(),
@@ -414,16 +417,23 @@ mod tests {
         }
     }
 
+    /// The test's memory and backend, an RX and a TX queue of 16 entries
+    /// in their own pages, and the worker serving them.
+    fn setup() -> (Setup, SplitQueueDriver, SplitQueueDriver, NetWorker) {
+        let s = Setup::new();
+        let rx = queue_in_page(&s.mem, RX_AT, 16);
+        let tx = queue_in_page(&s.mem, TX_AT, 16);
+        let w = s.worker(&rx, &tx);
+        (s, rx, tx, w)
+    }
+
     fn frame(len: usize, seed: u8) -> Vec<u8> {
         (0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect()
     }
 
     #[test]
     fn tx_sends_the_frame_without_its_header() {
-        let s = Setup::new();
-        let rx = Driver::new(&s.mem, RX_AT, 16);
-        let mut tx = Driver::new(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
+        let (s, _rx, mut tx, mut w) = setup();
         let f = frame(1500, 1);
         // Header with junk flags (ignored), frame split over two buffers.
         s.mem.write_slice(&[0xff; 12], GuestAddress(BUF)).unwrap();
@@ -433,10 +443,10 @@ mod tests {
         s.mem
             .write_slice(&f[1000..], GuestAddress(BUF + 0x1000))
             .unwrap();
-        tx.post(&[
-            (BUF, HDR, 0),
-            (BUF + 0x100, 1000, 0),
-            (BUF + 0x1000, 500, 0),
+        tx.push(&[
+            Buf::readable(BUF, HDR),
+            Buf::readable(BUF + 0x100, 1000),
+            Buf::readable(BUF + 0x1000, 500),
         ]);
         // Header and frame in one buffer, as Linux posts small frames.
         let g = frame(60, 2);
@@ -446,10 +456,10 @@ mod tests {
         s.mem
             .write_slice(&g, GuestAddress(BUF + 0x2000 + 12))
             .unwrap();
-        tx.post(&[(BUF + 0x2000, 72, 0)]);
+        tx.push(&[Buf::readable(BUF + 0x2000, 72)]);
         w.process_tx();
         assert_eq!(s.backend.sent(), vec![f, g]);
-        assert_eq!(tx.used(), vec![(0, 0), (3, 0)]);
+        assert_eq!(tx.used_all(), vec![(0, 0), (3, 0)]);
         assert_eq!(s.stat(|s| &s.tx_frames), 2);
         assert_eq!(s.stat(|s| &s.tx_bytes), 1560);
         assert_eq!(s.interrupts(), 1);
@@ -459,73 +469,64 @@ mod tests {
 
     #[test]
     fn malformed_tx_chains_are_returned_unused_and_the_next_is_sent() {
-        let s = Setup::new();
-        let rx = Driver::new(&s.mem, RX_AT, 16);
-        let mut tx = Driver::new(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
+        let (s, _rx, mut tx, mut w) = setup();
         let big = (NET_HDR_LEN + MAX_FRAME_LEN) as u32;
-        let bad: Vec<Vec<(u64, u32, u16)>> = vec![
-            vec![(BUF, HDR, 0), (BUF + 0x100, 0, 0)],      // zero length
-            vec![(BUF, HDR, 0), (0x40_0000 - 10, 100, 0)], // outside memory
-            vec![(u64::MAX - 4, 100, 0)],                  // address wraps
-            vec![(BUF, HDR, 0), (BUF + 0x100, 100, WRITE)], // wrong direction
-            vec![(BUF, big, 0), (BUF + 0x2_0000, 1, 0)],   // oversized
-            vec![(BUF, 8, 0)],                             // shorter than the header
+        let bad: Vec<Vec<Buf>> = vec![
+            vec![Buf::readable(BUF, HDR), Buf::readable(BUF + 0x100, 0)], // zero length
+            vec![Buf::readable(BUF, HDR), Buf::readable(0x40_0000 - 10, 100)], // outside memory
+            vec![Buf::readable(u64::MAX - 4, 100)],                       // address wraps
+            vec![Buf::readable(BUF, HDR), Buf::writable(BUF + 0x100, 100)], // wrong direction
+            vec![Buf::readable(BUF, big), Buf::readable(BUF + 0x2_0000, 1)], // oversized
+            vec![Buf::readable(BUF, 8)],                                  // shorter than the header
         ];
         for chain in &bad {
-            tx.post(chain);
+            tx.push(chain);
         }
         // A loop: 2 -> 3 -> 2.
         let at = tx.reserve(2);
-        tx.store(at, BUF, 100, NEXT_F, at + 1);
-        tx.store(at + 1, BUF + 0x100, 100, NEXT_F, at);
-        tx.publish(at);
+        tx.write_desc(at, Desc::new(BUF, 100, F_NEXT, at + 1));
+        tx.write_desc(at + 1, Desc::new(BUF + 0x100, 100, F_NEXT, at));
+        tx.offer(at);
         // A next index beyond the table.
         let at = tx.reserve(1);
-        tx.store(at, BUF, 100, NEXT_F, 999);
-        tx.publish(at);
+        tx.write_desc(at, Desc::new(BUF, 100, F_NEXT, 999));
+        tx.offer(at);
         let good = frame(100, 3);
         s.mem
             .write_slice(&good, GuestAddress(BUF + 0x3000 + 12))
             .unwrap();
-        tx.post(&[(BUF + 0x3000, 112, 0)]);
+        tx.push(&[Buf::readable(BUF + 0x3000, 112)]);
         w.process_tx();
         assert_eq!(s.backend.sent(), vec![good]);
-        let used = tx.used();
+        let used = tx.used_all();
         assert_eq!(used.len(), bad.len() + 3);
-        assert!(used.iter().all(|&(_, len)| len == 0));
+        assert!(used.iter().all(|u| u.len == 0));
         assert_eq!(s.stat(|s| &s.tx_bad_chains), bad.len() as u64 + 2);
         assert_eq!(s.stat(|s| &s.tx_frames), 1);
     }
 
     #[test]
     fn tx_backend_errors_are_counted_and_the_chain_returned() {
-        let s = Setup::new();
-        let rx = Driver::new(&s.mem, RX_AT, 16);
-        let mut tx = Driver::new(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
+        let (s, _rx, mut tx, mut w) = setup();
         s.backend
             .refuse_sends
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        tx.post(&[(BUF, 100, 0)]);
+        tx.push(&[Buf::readable(BUF, 100)]);
         w.process_tx();
-        assert_eq!(tx.used(), vec![(0, 0)]);
+        assert_eq!(tx.used_all(), vec![(0, 0)]);
         assert_eq!(s.stat(|s| &s.tx_errors), 1);
     }
 
     #[test]
     fn rx_writes_header_and_frame_across_buffers() {
-        let s = Setup::new();
-        let mut rx = Driver::new(&s.mem, RX_AT, 16);
-        let tx = Driver::new(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
-        rx.post(&[(BUF, 100, WRITE), (BUF + 0x1000, 1600, WRITE)]);
-        rx.post(&[(BUF + 0x2000, 1526, WRITE)]);
+        let (s, mut rx, _tx, mut w) = setup();
+        rx.push(&[Buf::writable(BUF, 100), Buf::writable(BUF + 0x1000, 1600)]);
+        rx.push(&[Buf::writable(BUF + 0x2000, 1526)]);
         let (f, g) = (frame(1000, 4), frame(1514, 5));
         s.backend.push(f.clone());
         s.backend.push(g.clone());
         w.process_rx();
-        assert_eq!(rx.used(), vec![(0, 1012), (2, 1526)]);
+        assert_eq!(rx.used_all(), vec![(0, 1012), (2, 1526)]);
         let mut got = vec![0u8; 1012];
         s.mem
             .read_slice(&mut got[..100], GuestAddress(BUF))
@@ -547,31 +548,34 @@ mod tests {
 
     #[test]
     fn malformed_rx_chains_are_returned_unused_and_the_frame_goes_to_the_next() {
-        let s = Setup::new();
-        let mut rx = Driver::new(&s.mem, RX_AT, 16);
-        let tx = Driver::new(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
-        let bad: Vec<Vec<(u64, u32, u16)>> = vec![
-            vec![(BUF, 100, 0)],                             // device-readable
-            vec![(BUF, 12, WRITE), (BUF + 0x100, 0, WRITE)], // zero length
-            vec![(0x40_0000 - 10, 2000, WRITE)],             // outside memory
-            vec![(BUF, 8, WRITE)],                           // no room for the header
+        let (s, mut rx, _tx, mut w) = setup();
+        let bad: Vec<Vec<Buf>> = vec![
+            vec![Buf::readable(BUF, 100)], // device-readable
+            vec![Buf::writable(BUF, 12), Buf::writable(BUF + 0x100, 0)], // zero length
+            vec![Buf::writable(0x40_0000 - 10, 2000)], // outside memory
+            vec![Buf::writable(BUF, 8)],   // no room for the header
         ];
         for chain in &bad {
-            rx.post(chain);
+            rx.push(chain);
         }
         let at = rx.reserve(2);
-        rx.store(at, BUF, 1000, WRITE | NEXT_F, at + 1);
-        rx.store(at + 1, BUF + 0x1000, 1000, WRITE | NEXT_F, at);
-        rx.publish(at);
-        let head = rx.post(&[(BUF + 0x2000, 2048, WRITE)]);
+        rx.write_desc(at, Desc::new(BUF, 1000, F_WRITE | F_NEXT, at + 1));
+        rx.write_desc(at + 1, Desc::new(BUF + 0x1000, 1000, F_WRITE | F_NEXT, at));
+        rx.offer(at);
+        let head = rx.push(&[Buf::writable(BUF + 0x2000, 2048)]);
         let f = frame(64, 6);
         s.backend.push(f.clone());
         w.process_rx();
-        let used = rx.used();
+        let used = rx.used_all();
         assert_eq!(used.len(), bad.len() + 2);
-        assert!(used[..bad.len() + 1].iter().all(|&(_, len)| len == 0));
-        assert_eq!(used.last(), Some(&(u32::from(head), 76)));
+        assert!(used[..bad.len() + 1].iter().all(|u| u.len == 0));
+        assert_eq!(
+            used.last(),
+            Some(&Used {
+                id: u32::from(head),
+                len: 76
+            })
+        );
         let mut got = vec![0u8; 64];
         s.mem
             .read_slice(&mut got, GuestAddress(BUF + 0x2000 + 12))
@@ -583,15 +587,12 @@ mod tests {
 
     #[test]
     fn rx_frames_larger_than_the_chain_are_dropped_and_the_chain_kept() {
-        let s = Setup::new();
-        let mut rx = Driver::new(&s.mem, RX_AT, 16);
-        let tx = Driver::new(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
-        rx.post(&[(BUF, 12 + 100, WRITE)]);
+        let (s, mut rx, _tx, mut w) = setup();
+        rx.push(&[Buf::writable(BUF, 12 + 100)]);
         s.backend.push(frame(101, 7));
         s.backend.push(frame(100, 8));
         w.process_rx();
-        assert_eq!(rx.used(), vec![(0, 112)]);
+        assert_eq!(rx.used_all(), vec![(0, 112)]);
         assert_eq!(s.stat(|s| &s.rx_dropped_too_large), 1);
         assert_eq!(s.stat(|s| &s.rx_frames), 1);
         // A frame too long even for the host buffer is an error, counted.
@@ -602,32 +603,29 @@ mod tests {
 
     #[test]
     fn rx_without_buffers_waits_for_the_guest_then_resumes() {
-        let s = Setup::new();
-        let mut rx = Driver::new(&s.mem, RX_AT, 16);
-        let tx = Driver::new(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
+        let (s, mut rx, _tx, mut w) = setup();
         let (f, g) = (frame(200, 10), frame(300, 11));
         s.backend.push(f.clone());
         s.backend.push(g.clone());
         w.process_rx();
         assert!(w.rx_stalled());
-        assert!(rx.used().is_empty());
+        assert!(rx.used_all().is_empty());
         // The device asked for a notification at the next buffer, and
         // holds the frame it read.
         assert_eq!(rx.avail_event(), 0);
         assert_eq!(s.backend.inbox.lock().unwrap().len(), 1);
         assert_eq!(s.interrupts(), 0);
-        rx.post(&[(BUF, 2048, WRITE)]);
+        rx.push(&[Buf::writable(BUF, 2048)]);
         w.rx_refilled();
         // One buffer: the first frame lands, the second waits.
         assert!(w.rx_stalled());
-        assert_eq!(rx.used(), vec![(0, 212)]);
+        assert_eq!(rx.used_all(), vec![(0, 212)]);
         assert_eq!(rx.avail_event(), 1);
-        rx.post(&[(BUF + 0x1000, 2048, WRITE)]);
-        rx.post(&[(BUF + 0x2000, 2048, WRITE)]);
+        rx.push(&[Buf::writable(BUF + 0x1000, 2048)]);
+        rx.push(&[Buf::writable(BUF + 0x2000, 2048)]);
         w.rx_refilled();
         assert!(!w.rx_stalled());
-        assert_eq!(rx.used(), vec![(0, 212), (1, 312)]);
+        assert_eq!(rx.used_all(), vec![(0, 212), (1, 312)]);
         let mut got = vec![0u8; 300];
         s.mem
             .read_slice(&mut got, GuestAddress(BUF + 0x1000 + 12))
@@ -638,32 +636,24 @@ mod tests {
 
     #[test]
     fn interrupts_follow_used_event() {
-        let s = Setup::new();
-        let rx = Driver::new(&s.mem, RX_AT, 16);
-        let mut tx = Driver::new(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
+        let (s, _rx, mut tx, mut w) = setup();
         // The driver wants an interrupt only after the third used entry.
         tx.set_used_event(2);
-        tx.post(&[(BUF, 100, 0)]);
+        tx.push(&[Buf::readable(BUF, 100)]);
         w.process_tx();
         assert_eq!(s.interrupts(), 0);
-        tx.post(&[(BUF, 100, 0)]);
-        tx.post(&[(BUF, 100, 0)]);
+        tx.push(&[Buf::readable(BUF, 100)]);
+        tx.push(&[Buf::readable(BUF, 100)]);
         w.process_tx();
         assert_eq!(s.interrupts(), 1);
     }
 
     #[test]
     fn a_frame_held_at_reset_is_counted() {
-        let s = Setup::new();
-        let rx = Driver::new(&s.mem, RX_AT, 16);
-        let tx = Driver::new(&s.mem, TX_AT, 16);
-        let mut w = s.worker(&rx, &tx);
+        let (s, _rx, _tx, mut w) = setup();
         s.backend.push(frame(60, 12));
         w.process_rx();
         drop(w);
         assert_eq!(s.stat(|s| &s.rx_dropped_reset), 1);
     }
-
-    const NEXT_F: u16 = crate::virtio::net::testing::NEXT;
 }

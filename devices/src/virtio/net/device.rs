@@ -124,9 +124,11 @@ impl VirtioDevice for Net {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::net::testing::{memory, Driver, FakeBackend, WRITE};
+    use crate::virtio::net::testing::{memory, queue_in_page, FakeBackend};
+    use crate::virtio::test_utils::Buf;
     use crate::virtio::Interrupt;
     use std::time::{Duration, Instant};
+    use virtio_queue::QueueT;
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EventFd;
 
@@ -180,11 +182,12 @@ mod tests {
     #[test]
     fn worker_serves_both_queues_and_stops_on_reset() {
         let mem = memory();
-        let mut rx = Driver::new(&mem, 0x0, 16);
-        let mut tx = Driver::new(&mem, 0x1000, 16);
+        let mut rx = queue_in_page(&mem, 0x0, 16);
+        let mut tx = queue_in_page(&mem, 0x1000, 16);
         let backend = Arc::new(FakeBackend::new());
         let mut net = Net::with_backend(backend.clone(), default_mac("t"));
-        let (rxq, txq) = (rx.active_queue(), tx.active_queue());
+        let (rxq, txq) = (rx.active_queue(true), tx.active_queue(true));
+        assert!(rxq.queue.is_valid(&mem) && txq.queue.is_valid(&mem));
         let (rx_kick, tx_kick) = (
             rxq.notify.try_clone().unwrap(),
             txq.notify.try_clone().unwrap(),
@@ -211,7 +214,7 @@ mod tests {
         .unwrap();
 
         mem.write_slice(&[7u8; 72], GuestAddress(0x1_0000)).unwrap();
-        tx.post(&[(0x1_0000, 72, 0)]);
+        tx.push(&[Buf::readable(0x1_0000, 72)]);
         tx_kick.write(1).unwrap();
         wait_for("TX frame", || backend.sent().len() == 1);
         assert_eq!(backend.sent()[0], vec![7u8; 60]);
@@ -219,10 +222,10 @@ mod tests {
         // A frame with no RX buffer waits for the guest's refill.
         backend.push(vec![9u8; 60]);
         wait_for("frame read", || backend.inbox.lock().unwrap().is_empty());
-        rx.post(&[(0x2_0000, 1526, WRITE)]);
+        rx.push(&[Buf::writable(0x2_0000, 1526)]);
         rx_kick.write(1).unwrap();
-        wait_for("RX frame", || rx.used().len() == 1);
-        assert_eq!(rx.used(), vec![(0, 72)]);
+        wait_for("RX frame", || rx.used_all().len() == 1);
+        assert_eq!(rx.used_all(), vec![(0, 72)]);
         let stats = net.stats();
         assert_eq!(NetStats::get(&stats.rx_frames), 1);
         assert!(irq.irqfd().read().unwrap() >= 1);

@@ -4,19 +4,19 @@
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::connection::BUF_ALLOC;
 use super::packet::{op, Header, HEADER_SIZE, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::{await_established, Vsock, VsockWorker, HOST_CID};
-use crate::virtio::{Activation, ActiveQueue, Interrupt, VirtioDevice, TYPE_VSOCK};
+use crate::virtio::test_utils::{
+    activation, guest_memory, Buf, Desc, RingLayout, SplitQueueDriver, Used, F_NEXT,
+};
+use crate::virtio::{ActiveQueue, VirtioDevice, TYPE_VSOCK};
 
 const GUEST_CID: u64 = 3;
 const QSIZE: u16 = 256;
@@ -63,68 +63,10 @@ fn guest_hdr(op: u16, src_port: u32, dst_port: u32) -> Header {
     }
 }
 
-fn readable(addr: u64, len: u32) -> Descriptor {
-    Descriptor::new(addr, len, 0, 0)
-}
-
-fn writable(addr: u64, len: u32) -> Descriptor {
-    Descriptor::new(addr, len, VRING_DESC_F_WRITE as u16, 0)
-}
-
-/// Ring layout of each test queue: descriptors at base, then the avail and
-/// used rings a page apart.
-const AVAIL: u64 = 0x1000;
-const USED: u64 = 0x2000;
-
-fn make_queue(base: u64) -> Queue {
-    let mut q = Queue::new(QSIZE).unwrap();
-    q.set_size(QSIZE);
-    let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
-    let (lo, hi) = split(base);
-    q.set_desc_table_address(lo, hi);
-    let (lo, hi) = split(base + AVAIL);
-    q.set_avail_ring_address(lo, hi);
-    let (lo, hi) = split(base + USED);
-    q.set_used_ring_address(lo, hi);
-    q.set_ready(true);
-    q
-}
-
-/// Writes raw descriptors at table index `first` and makes `first` the
-/// head of a new available chain.
-fn post_raw(mem: &GuestMemoryMmap, base: u64, first: u16, descs: &[RawDescriptor]) {
-    for (i, d) in descs.iter().enumerate() {
-        let at = base + 16 * u64::from((first + i as u16) % QSIZE);
-        mem.write_obj(*d, GuestAddress(at)).unwrap();
-    }
-    let idx: u16 = mem.read_obj(GuestAddress(base + AVAIL + 2)).unwrap();
-    let slot = base + AVAIL + 4 + 2 * u64::from(idx % QSIZE);
-    mem.write_obj(first, GuestAddress(slot)).unwrap();
-    mem.write_obj(idx.wrapping_add(1), GuestAddress(base + AVAIL + 2))
-        .unwrap();
-}
-
-/// Posts one chain, linking its descriptors in order.
-fn post(mem: &GuestMemoryMmap, base: u64, first: u16, descs: &[Descriptor]) {
-    let raw: Vec<RawDescriptor> = descs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let last = i + 1 == descs.len();
-            let flags = if last {
-                d.flags()
-            } else {
-                d.flags() | VRING_DESC_F_NEXT as u16
-            };
-            RawDescriptor::from(Descriptor::new(
-                d.addr().0,
-                d.len(),
-                flags,
-                first + i as u16 + 1,
-            ))
-        })
-        .collect();
-    post_raw(mem, base, first, &raw);
+/// Each test queue's rings: descriptors at base, then the avail and used
+/// rings a page apart.
+fn queue_at(mem: &GuestMemoryMmap, base: u64) -> SplitQueueDriver {
+    SplitQueueDriver::new(mem, RingLayout::paged(base, QSIZE))
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -136,45 +78,35 @@ fn temp_dir(name: &str) -> PathBuf {
 
 struct Harness {
     mem: GuestMemoryMmap,
+    rx: SplitQueueDriver,
+    tx: SplitQueueDriver,
     worker: VsockWorker,
     device: Vsock,
     dir: PathBuf,
     tx_posted: u16,
     rx_posted: u16,
-    rx_seen: u16,
-    tx_seen: u16,
 }
 
 impl Harness {
     fn new(name: &str) -> Self {
         let dir = temp_dir(name);
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let mem = guest_memory(MEM_SIZE);
         let device = Vsock::new(GUEST_CID, &dir.join("v.sock")).unwrap();
-        let queues = [RXQ, TXQ, EVQ]
-            .into_iter()
-            .map(|base| ActiveQueue {
-                queue: make_queue(base),
-                notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            })
-            .collect();
+        let drivers = [RXQ, TXQ, EVQ].map(|base| queue_at(&mem, base));
+        let queues = drivers.iter().map(|d| d.active_queue(false)).collect();
         let worker = device
-            .data_path(Activation {
-                mem: mem.clone(),
-                features: device.features(),
-                queues,
-                interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
-                confinement: skiff_confine::Confinement::inline(),
-            })
+            .data_path(activation(&mem, device.features(), queues))
             .unwrap();
+        let [rx, tx, _] = drivers;
         Self {
             mem,
+            rx,
+            tx,
             worker,
             device,
             dir,
             tx_posted: 0,
             rx_posted: 0,
-            rx_seen: 0,
-            tx_seen: 0,
         }
     }
 
@@ -186,19 +118,15 @@ impl Harness {
         UnixListener::bind(format!("{}_{port}", self.socket().display())).unwrap()
     }
 
-    fn post(&self, base: u64, first: u16, descs: &[Descriptor]) {
-        post(&self.mem, base, first, descs);
-    }
-
     /// Posts a raw TX chain and runs the device; returns the TX used len.
-    fn send_descs(&mut self, descs: &[Descriptor]) {
+    fn send_descs(&mut self, descs: &[Buf]) {
         let first = (self.tx_posted % SLOTS) * 4;
         self.tx_posted = self.tx_posted.wrapping_add(1);
-        self.post(TXQ, first, descs);
+        let head = self.tx.add_chain_at(first, descs);
+        self.tx.offer(head);
         self.pump();
-        let used = self.used(TXQ);
+        let used = self.tx.take_used();
         assert_eq!(used.len(), 1, "TX chain not returned");
-        self.tx_seen = self.tx_seen.wrapping_add(1);
     }
 
     fn tx_buf(&self) -> u64 {
@@ -213,14 +141,14 @@ impl Harness {
             .write_slice(&hdr.encode(), GuestAddress(addr))
             .unwrap();
         if data.is_empty() {
-            self.send_descs(&[readable(addr, HEADER_SIZE as u32)]);
+            self.send_descs(&[Buf::readable(addr, HEADER_SIZE as u32)]);
         } else {
             self.mem
                 .write_slice(data, GuestAddress(addr + 0x100))
                 .unwrap();
             self.send_descs(&[
-                readable(addr, HEADER_SIZE as u32),
-                readable(addr + 0x100, data.len() as u32),
+                Buf::readable(addr, HEADER_SIZE as u32),
+                Buf::readable(addr + 0x100, data.len() as u32),
             ]);
         }
     }
@@ -230,14 +158,14 @@ impl Harness {
         for _ in 0..n {
             let slot = self.rx_posted % SLOTS;
             let addr = RX_BUFS + u64::from(slot) * RX_SLOT;
-            self.post(
-                RXQ,
+            let head = self.rx.add_chain_at(
                 slot * 2,
                 &[
-                    writable(addr, HEADER_SIZE as u32),
-                    writable(addr + 0x100, RX_DATA),
+                    Buf::writable(addr, HEADER_SIZE as u32),
+                    Buf::writable(addr + 0x100, RX_DATA),
                 ],
             );
+            self.rx.offer(head);
             self.rx_posted = self.rx_posted.wrapping_add(1);
         }
         self.pump();
@@ -250,35 +178,14 @@ impl Harness {
         self.worker.process_rx();
     }
 
-    /// New used entries of a queue: (head, len).
-    fn used(&self, base: u64) -> Vec<(u32, u32)> {
-        let seen = if base == RXQ {
-            self.rx_seen
-        } else {
-            self.tx_seen
-        };
-        let used = base + USED;
-        let idx: u16 = self.mem.read_obj(GuestAddress(used + 2)).unwrap();
-        let mut out = Vec::new();
-        let mut i = seen;
-        while i != idx {
-            let at = used + 4 + 8 * u64::from(i % QSIZE);
-            let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-            out.push((id, len));
-            i = i.wrapping_add(1);
-        }
-        out
-    }
-
     /// Packets the device put in RX buffers since the last call.
     fn recv(&mut self) -> Vec<(Header, Vec<u8>)> {
         self.pump();
-        let used = self.used(RXQ);
-        self.rx_seen = self.rx_seen.wrapping_add(used.len() as u16);
-        used.into_iter()
-            .filter(|&(_, len)| len > 0)
-            .map(|(id, len)| {
+        self.rx
+            .take_used()
+            .into_iter()
+            .filter(|u| u.len > 0)
+            .map(|Used { id, len }| {
                 let addr = RX_BUFS + u64::from(id / 2) * RX_SLOT;
                 let mut raw = [0u8; HEADER_SIZE];
                 self.mem.read_slice(&mut raw, GuestAddress(addr)).unwrap();
@@ -635,53 +542,55 @@ fn malformed_packets_never_break_the_device() {
 
     // Header descriptor shorter than a header.
     let a = write_hdr(&h, with_len(0));
-    h.send_descs(&[readable(a, 10)]);
+    h.send_descs(&[Buf::readable(a, 10)]);
     // Header in a device-writable descriptor (wrong direction).
     let a = write_hdr(&h, with_len(0));
-    h.send_descs(&[writable(a, HEADER_SIZE as u32)]);
+    h.send_descs(&[Buf::writable(a, HEADER_SIZE as u32)]);
     // Data in a device-writable descriptor.
     let a = write_hdr(&h, with_len(4));
-    h.send_descs(&[readable(a, HEADER_SIZE as u32), writable(a + 0x100, 4)]);
+    h.send_descs(&[
+        Buf::readable(a, HEADER_SIZE as u32),
+        Buf::writable(a + 0x100, 4),
+    ]);
     // len beyond the data descriptor.
     let a = write_hdr(&h, with_len(100));
-    h.send_descs(&[readable(a, HEADER_SIZE as u32), readable(a + 0x100, 50)]);
+    h.send_descs(&[
+        Buf::readable(a, HEADER_SIZE as u32),
+        Buf::readable(a + 0x100, 50),
+    ]);
     // len != the chain's space (more space than len).
     let a = write_hdr(&h, with_len(4));
-    h.send_descs(&[readable(a, HEADER_SIZE as u32), readable(a + 0x100, 50)]);
+    h.send_descs(&[
+        Buf::readable(a, HEADER_SIZE as u32),
+        Buf::readable(a + 0x100, 50),
+    ]);
     // len beyond the largest packet.
     let a = write_hdr(&h, with_len(70_000));
-    h.send_descs(&[readable(a, HEADER_SIZE as u32), readable(a + 0x100, 70_000)]);
+    h.send_descs(&[
+        Buf::readable(a, HEADER_SIZE as u32),
+        Buf::readable(a + 0x100, 70_000),
+    ]);
     // Header outside guest memory; data outside guest memory.
-    h.send_descs(&[readable(MEM_SIZE as u64 + 0x1000, HEADER_SIZE as u32)]);
+    h.send_descs(&[Buf::readable(MEM_SIZE as u64 + 0x1000, HEADER_SIZE as u32)]);
     let a = write_hdr(&h, with_len(4));
-    h.send_descs(&[readable(a, HEADER_SIZE as u32), readable(u64::MAX - 2, 4)]);
+    h.send_descs(&[
+        Buf::readable(a, HEADER_SIZE as u32),
+        Buf::readable(u64::MAX - 2, 4),
+    ]);
     // Data descriptor missing.
     let a = write_hdr(&h, with_len(4));
-    h.send_descs(&[readable(a, HEADER_SIZE as u32)]);
+    h.send_descs(&[Buf::readable(a, HEADER_SIZE as u32)]);
     // Zero-length descriptors.
-    h.send_descs(&[readable(a, 0)]);
+    h.send_descs(&[Buf::readable(a, 0)]);
     // A descriptor loop: the data descriptor points back at the header.
     let a = write_hdr(&h, with_len(4));
     let first = (h.tx_posted % SLOTS) * 4;
     h.tx_posted += 1;
-    let loop_descs = [
-        RawDescriptor::from(Descriptor::new(
-            a,
-            HEADER_SIZE as u32,
-            VRING_DESC_F_NEXT as u16,
-            first + 1,
-        )),
-        RawDescriptor::from(Descriptor::new(
-            a + 0x100,
-            4,
-            VRING_DESC_F_NEXT as u16,
-            first,
-        )),
-    ];
-    post_raw(&h.mem, TXQ, first, &loop_descs);
+    h.tx.write_desc(first, Desc::new(a, HEADER_SIZE as u32, F_NEXT, first + 1));
+    h.tx.write_desc(first + 1, Desc::new(a + 0x100, 4, F_NEXT, first));
+    h.tx.offer(first);
     h.pump();
-    assert_eq!(h.used(TXQ).len(), 1);
-    h.tx_seen += 1;
+    assert_eq!(h.tx.take_used().len(), 1);
     // Wrong source and destination CIDs: dropped silently.
     h.send(
         Header {
@@ -733,20 +642,20 @@ fn malformed_rx_buffers_are_returned_unused() {
     let mut h = Harness::new("bad-rx");
     // Read-only RX buffers, then a short one, then a good one.
     let addr = RX_BUFS;
-    h.post(
-        RXQ,
+    let head = h.rx.add_chain_at(
         0,
         &[
-            readable(addr, HEADER_SIZE as u32),
-            readable(addr + 0x100, 64),
+            Buf::readable(addr, HEADER_SIZE as u32),
+            Buf::readable(addr + 0x100, 64),
         ],
     );
-    h.post(RXQ, 2, &[writable(addr + RX_SLOT, 8)]);
+    h.rx.offer(head);
+    let head = h.rx.add_chain_at(2, &[Buf::writable(addr + RX_SLOT, 8)]);
+    h.rx.offer(head);
     h.rx_posted = 2;
     h.send(guest_hdr(op::REQUEST, 10, 7777), &[]);
-    let used = h.used(RXQ);
+    let used = h.rx.take_used();
     assert_eq!(used, vec![(0, 0), (2, 0)]);
-    h.rx_seen = 2;
     h.give_rx(1);
     assert_eq!(h.recv_one().op, op::RST);
 }
@@ -767,7 +676,8 @@ fn duplicate_request_resets_the_connection() {
 fn reset_drops_connections_and_drop_removes_the_socket() {
     let dir = temp_dir("lifecycle");
     let path = dir.join("v.sock");
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let mem = guest_memory(MEM_SIZE);
+    let mut drivers = [RXQ, TXQ, EVQ].map(|base| queue_at(&mem, base));
     let mut device = Vsock::new(GUEST_CID, &path).unwrap();
     assert!(Vsock::new(GUEST_CID, &path).is_err(), "socket in use");
     let service = UnixListener::bind(format!("{}_5000", path.display())).unwrap();
@@ -775,16 +685,18 @@ fn reset_drops_connections_and_drop_removes_the_socket() {
     let hdr = guest_hdr(op::REQUEST, 1, 5000);
     mem.write_slice(&hdr.encode(), GuestAddress(TX_BUFS))
         .unwrap();
-    post(&mem, TXQ, 0, &[readable(TX_BUFS, HEADER_SIZE as u32)]);
+    let head = drivers[1].add_chain_at(0, &[Buf::readable(TX_BUFS, HEADER_SIZE as u32)]);
+    drivers[1].offer(head);
     for round in 0..2 {
         let notify: Vec<EventFd> = (0..3)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
             .collect();
         let queues = [RXQ, TXQ, EVQ]
             .iter()
+            .zip(&drivers)
             .zip(&notify)
-            .map(|(&base, evt)| {
-                let mut queue = make_queue(base);
+            .map(|((&base, d), evt)| {
+                let mut queue = d.queue();
                 if round == 1 && base == TXQ {
                     queue.set_next_avail(1);
                 }
@@ -795,13 +707,7 @@ fn reset_drops_connections_and_drop_removes_the_socket() {
             })
             .collect();
         device
-            .activate(Activation {
-                mem: mem.clone(),
-                features: device.features(),
-                queues,
-                interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
-                confinement: skiff_confine::Confinement::inline(),
-            })
+            .activate(activation(&mem, device.features(), queues))
             .unwrap();
         if round == 0 {
             notify[1].write(1).unwrap();
