@@ -73,6 +73,8 @@ typedef long ssize_t;
 #define LINUX_REBOOT_MAGIC2 672274793
 #define LINUX_REBOOT_CMD_RESTART 0x01234567
 
+/* The boot-timer contract, defined in guest/abi/src/boot_timer.rs (whose
+ * tests check these two lines). */
 #define BOOT_TIMER_PORT 0x440
 #define BOOT_TIMER_MAGIC 0x7b
 

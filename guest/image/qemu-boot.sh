@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-# Keep in sync with the VMM (vmm/src/config.rs).
+# Keep in sync with guest/abi/src/cmdline.rs (its tests check these lines).
 base="console=ttyS0 reboot=k panic=-1 quiet tsc=reliable no_timer_check io_delay=none 8250.nr_uarts=1 rcupdate.rcu_expedited=1"
 swkvm="skiff.swkvm clearcpuid=popcnt,cx16,xsave,rdrand,rdseed,fsgsbase,pcid,invpcid,smap,erms,fsrm,rep_good noreplace-smp percpu_alloc=page rodata=off rcupdate.rcu_cpu_stall_suppress=1 GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX_Fast_Unaligned_Load,-FMA,-FMA4"
 cmdline=$base
