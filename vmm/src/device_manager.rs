@@ -88,17 +88,20 @@ impl MmioSlot {
     }
 
     /// The kernel parameter that declares the slot, with its platform
-    /// device id pinned to the slot index.
+    /// device id pinned to the slot index, so the guest's name for it is
+    /// [`Self::guest_device`] (the contract in `skiff_guest_abi::hotplug`).
     pub fn kernel_param(&self) -> String {
-        format!(
-            "virtio_mmio.device=4K@{:#x}:{}:{}",
-            self.base, self.irq, self.index
+        skiff_guest_abi::hotplug::slot_kernel_param(
+            MMIO_REGION_SIZE / 1024,
+            self.base,
+            self.irq,
+            self.index,
         )
     }
 
-    /// The slot's platform device in the guest.
+    /// The slot's platform device in the guest, which the agent binds.
     pub fn guest_device(&self) -> String {
-        format!("virtio-mmio.{}", self.index)
+        skiff_guest_abi::hotplug::slot_device(self.index)
     }
 }
 

@@ -1,14 +1,13 @@
 //! Boot timer: the guest's init writes [`BOOT_TIMER_MAGIC`] to
 //! [`BOOT_TIMER_PORT`] as its first act, so the VMM can time boot-to-init
-//! without parsing console output.
+//! without parsing console output. The port and value are a contract with
+//! the guest, defined in `skiff_guest_abi::boot_timer` and re-exported
+//! here for the VMM that places the device.
 
 use super::Notify;
 use crate::BusDevice;
 
-/// The I/O port the guest writes to. Nothing else lives at 0x440 on a PC.
-pub const BOOT_TIMER_PORT: u16 = 0x440;
-/// The byte that marks "init is running".
-pub const BOOT_TIMER_MAGIC: u8 = 0x7b;
+pub use skiff_guest_abi::boot_timer::{BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
 
 /// Reports the first magic write to the VMM.
 pub struct BootTimer {

@@ -3,13 +3,15 @@
 //! and left unbound). Once the VMM has put a device in a slot, `add` binds
 //! the slot to the virtio-mmio driver, which probes it again and finds the
 //! device; before the VMM takes one out, `remove` unbinds it, and the
-//! driver lets go of the device and resets it.
+//! driver lets go of the device and resets it. The slot's name is the
+//! contract `skiff_guest_abi::hotplug` shares with the VMM.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use skiff_agent_protocol::agent::GuestDevice;
+use skiff_guest_abi::hotplug::{slot_device, MMIO_PLATFORM_DEVICE};
 
 /// Virtio device types the agent names (virtio 1.2, 5).
 const TYPE_NET: u32 = 1;
@@ -62,7 +64,8 @@ impl Hotplug {
 
     fn driver_file(&self, name: &str) -> PathBuf {
         self.root
-            .join("sys/bus/platform/drivers/virtio-mmio")
+            .join("sys/bus/platform/drivers")
+            .join(MMIO_PLATFORM_DEVICE)
             .join(name)
     }
 
@@ -122,11 +125,6 @@ impl Hotplug {
         tracing::info!(slot, "device removed");
         Ok(())
     }
-}
-
-/// The platform device of `slot`, as the VMM names it on the command line.
-fn slot_device(slot: u32) -> String {
-    format!("virtio-mmio.{slot}")
 }
 
 fn read(path: &Path) -> Result<String, HotplugError> {

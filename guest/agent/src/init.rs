@@ -7,6 +7,9 @@ use std::path::Path;
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::mkdir;
+// The VMM's boot timer: a write of BOOT_TIMER_MAGIC to BOOT_TIMER_PORT is
+// timed as "guest init reached".
+use skiff_guest_abi::boot_timer::{BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
 
 /// Errors setting up the guest system.
 #[derive(Debug, thiserror::Error)]
@@ -19,10 +22,6 @@ pub enum InitError {
     },
 }
 
-/// The VMM's boot timer: a write of [`BOOT_TIMER_MAGIC`] here is timed as
-/// "guest init reached" (see devices/ and guest/image/init.c).
-const BOOT_TIMER_PORT: u16 = 0x440;
-const BOOT_TIMER_MAGIC: u8 = 0x7b;
 
 /// Tells the VMM the agent has started. Best effort: without the I/O
 /// permission (not PID 1 as root) nothing is written.

@@ -12,6 +12,7 @@ mod mounts;
 mod netlink;
 mod network;
 mod oom;
+mod plan;
 mod reaper;
 mod sandbox;
 mod seccomp;

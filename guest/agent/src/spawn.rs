@@ -9,6 +9,9 @@
 //! on failure; EOF means execve succeeded. glibc's fork makes malloc safe
 //! in the child of a threaded program, so the child may format messages;
 //! it never touches the agent's locks or logging.
+//!
+//! The plans it carries out are in [`crate::plan`]; this module does not
+//! know the OCI spec they were made from ([`crate::spec`]).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -17,12 +20,11 @@ use std::path::PathBuf;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
-use nix::sys::stat::{fchmodat, mknod, FchmodatFlags, Mode, SFlag};
+use nix::sys::stat::{fchmodat, mknod, FchmodatFlags, Mode};
 use nix::unistd::{ForkResult, Gid, Uid};
 
-use crate::mounts::MountOptions;
+use crate::plan::{DevicePlan, MountPlan, ProcessSetup, RootfsPlan};
 use crate::security;
-use crate::spec::ProcessSetup;
 use crate::stdio::ChildStdio;
 use crate::user::ResolvedUser;
 
@@ -39,50 +41,6 @@ pub enum SpawnError {
     Sync(std::io::Error),
     #[error("the child exited before it was set up")]
     ChildVanished,
-}
-
-/// One mount of the spec, resolved to a host path under the rootfs.
-#[derive(Debug, Clone)]
-pub struct MountPlan {
-    pub source: Option<PathBuf>,
-    pub target: PathBuf,
-    /// Destination as the container sees it, for messages.
-    pub destination: String,
-    pub fstype: Option<String>,
-    pub options: MountOptions,
-    /// The source is a file: the target must be a file too.
-    pub file: bool,
-    /// A tmpfs at /dev: the agent fills it with the standard devices.
-    pub populate_dev: bool,
-}
-
-/// A device node of the spec (`linux.devices`), made in the container's
-/// /dev tmpfs once it is mounted.
-#[derive(Debug, Clone)]
-pub struct DevicePlan {
-    pub target: PathBuf,
-    pub kind: SFlag,
-    pub number: libc::dev_t,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-}
-
-/// How the init process's root filesystem is built.
-#[derive(Debug, Clone)]
-pub struct RootfsPlan {
-    pub rootfs: PathBuf,
-    pub readonly: bool,
-    pub propagation: MsFlags,
-    pub mounts: Vec<MountPlan>,
-    pub devices: Vec<DevicePlan>,
-    pub masked_paths: Vec<PathBuf>,
-    pub readonly_paths: Vec<PathBuf>,
-    /// `linux.sysctl` as (path below /proc/sys, value). Written once the
-    /// new root is in place (so /proc is the container's) and before the
-    /// masked and read-only paths, as runc does: the default spec makes
-    /// /proc/sys read-only, and a sysctl written after that fails.
-    pub sysctl: Vec<(PathBuf, String)>,
 }
 
 /// Everything the child needs, computed before fork.

@@ -13,9 +13,9 @@ use nix::sys::stat::SFlag;
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, LinuxNamespaceType, Process, Spec};
 
 use crate::mounts::{secure_join, MountError, MountOptions};
-use crate::security::{rlimits_from_spec, CapSets, Rlimit, SecurityError};
-use crate::spawn::{DevicePlan, MountPlan, RootfsPlan};
-use crate::user::{ResolvedUser, UserError};
+use crate::plan::{DevicePlan, MountPlan, ProcessSetup, RootfsPlan};
+use crate::security::{rlimits_from_spec, CapSets, SecurityError};
+use crate::user::UserError;
 
 /// Problems with a spec or process the runtime sent.
 #[derive(Debug, thiserror::Error)]
@@ -101,20 +101,6 @@ fn cstring(s: &str) -> Result<CString, SpecError> {
     CString::new(s).map_err(|_| SpecError::Nul(s.to_string()))
 }
 
-/// The parts of a spawn plan that come from an OCI process.
-pub struct ProcessSetup {
-    pub args: Vec<CString>,
-    pub exec_candidates: Vec<CString>,
-    pub env: Vec<CString>,
-    pub cwd: PathBuf,
-    pub user: ResolvedUser,
-    pub caps: Option<CapSets>,
-    pub rlimits: Vec<Rlimit>,
-    pub no_new_privileges: bool,
-    pub oom_score_adj: Option<i32>,
-    pub terminal: bool,
-}
-
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Where execve will look for `arg0`, in the container's view: PATH from
@@ -135,7 +121,7 @@ pub fn exec_candidates(arg0: &str, env: &[String]) -> Vec<String> {
 
 /// Adds the `GLIBC_TUNABLES` the guest was booted with (the VMM sets it
 /// only where the guest kernel cannot switch AVX state between processes:
-/// see SOFTWARE_KVM_CMDLINE in vmm/src/config.rs) to a container process's
+/// see `skiff_guest_abi::cmdline::SOFTWARE_KVM_CMDLINE`) to a container process's
 /// environment, unless the spec sets its own.
 fn with_boot_tunables(mut env: Vec<String>, boot: Option<String>) -> Vec<String> {
     if let Some(tunables) = boot {
