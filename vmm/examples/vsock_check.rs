@@ -17,9 +17,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use skiff_vmm::config::{
-    append_init_args, default_cmdline, host_has_hardware_virt, DeviceConfig, VsockConfig,
-};
+use skiff_guest_abi::cmdline::{append_init_args, default_cmdline};
+use skiff_vmm::config::{host_has_hardware_virt, DeviceConfig, VsockConfig};
 use skiff_vmm::{ConsoleConfig, VmConfig, VmmHandle};
 
 const FNV_INIT: u64 = 0xcbf2_9ce4_8422_2325;

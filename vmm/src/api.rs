@@ -110,7 +110,7 @@ pub enum VmmError {
     VmmGone,
     #[error("cannot start the VMM thread: {0}")]
     Spawn(std::io::Error),
-    #[error("the VM has no vsock device (--vsock)")]
+    #[error("the VM has no vsock device")]
     NoVsock,
     #[error("vsock connect to guest port {port}: {source}")]
     VsockConnect { port: u32, source: std::io::Error },

@@ -1,5 +1,9 @@
-//! What a VM is made of, and the guest command line this project's kernel
-//! needs.
+//! What a VM is made of, checked before anything is created.
+//!
+//! The VMM boots whatever command line it is given: the profile this
+//! project's guest kernel needs is `skiff_guest_abi::cmdline`, chosen by
+//! the runtime or vm-run (with [`host_has_hardware_virt`]). Flag syntax
+//! (`--disk path=...`) belongs to vm-run, which parses it into these types.
 
 pub use skiff_confine::SeccompMode;
 use std::path::PathBuf;
@@ -47,7 +51,7 @@ pub enum DeviceConfig {
     Fs(FsConfig),
 }
 
-/// virtio-blk over a raw image file: `path=FILE[,ro][,direct]`.
+/// virtio-blk over a raw image file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockConfig {
     pub path: PathBuf,
@@ -56,35 +60,23 @@ pub struct BlockConfig {
     pub direct: bool,
 }
 
-/// Shown as the flag value it came from, for error messages.
-impl std::fmt::Display for BlockConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "path={}", self.path.display())?;
-        if self.read_only {
-            f.write_str(",ro")?;
-        }
-        if self.direct {
-            f.write_str(",direct")?;
-        }
-        Ok(())
-    }
-}
-
-/// virtio-net over a tap device: `tap=NAME[,mac=MAC]`.
+/// virtio-net over a tap device (its name is at most `IFNAMSIZ - 1` bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetConfig {
     pub tap: String,
     pub mac: Option<[u8; 6]>,
 }
 
-/// virtio-vsock: `cid=N,socket=PATH` (Firecracker's hybrid Unix socket).
+/// virtio-vsock over Firecracker's hybrid Unix socket; the guest CID is
+/// 3 or more (0-2 are reserved).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VsockConfig {
     pub guest_cid: u32,
     pub socket: PathBuf,
 }
 
-/// virtio-fs share of a host directory: `tag=TAG,path=DIR[,ro][,cache=never|auto|always]`.
+/// virtio-fs share of a host directory; the tag is at most 36 bytes (the
+/// size of the config space's tag field).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FsConfig {
     pub tag: String,
@@ -102,62 +94,10 @@ pub enum FsCache {
     Always,
 }
 
-/// Splits `key=value,flag,...` into pairs; a bare word has no value.
-fn options(spec: &str) -> Result<Vec<(&str, Option<&str>)>, String> {
-    spec.split(',')
-        .map(|part| match part.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k, Some(v))),
-            None if !part.is_empty() => Ok((part, None)),
-            _ => Err(format!("`{part}` is not key=value")),
-        })
-        .collect()
-}
-
-fn unknown(key: &str, allowed: &str) -> String {
-    format!("unknown option `{key}` (expected {allowed})")
-}
-
-fn required<T>(value: Option<T>, key: &str) -> Result<T, String> {
-    value.ok_or_else(|| format!("`{key}=` is required"))
-}
-
-fn value<'a>(key: &str, v: Option<&'a str>) -> Result<&'a str, String> {
-    match v {
-        Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(format!("`{key}` needs a value")),
-    }
-}
-
-fn flag(key: &str, v: Option<&str>) -> Result<bool, String> {
-    match v {
-        None => Ok(true),
-        Some(v) => Err(format!("`{key}` takes no value (got `{v}`)")),
-    }
-}
-
-impl std::str::FromStr for BlockConfig {
-    type Err = String;
-    fn from_str(spec: &str) -> Result<Self, String> {
-        let (mut path, mut read_only, mut direct) = (None, false, false);
-        for (k, v) in options(spec)? {
-            match k {
-                "path" => path = Some(PathBuf::from(value(k, v)?)),
-                "ro" => read_only = flag(k, v)?,
-                "direct" => direct = flag(k, v)?,
-                _ => return Err(unknown(k, "path=, ro, direct")),
-            }
-        }
-        Ok(Self {
-            path: required(path, "path")?,
-            read_only,
-            direct,
-        })
-    }
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
-    let bad = || format!("`{text}` is not a MAC address like 02:00:00:00:00:01");
+/// Parses `aa:bb:cc:dd:ee:ff`, the way the runtime gets MACs from CNI and
+/// vm-run from its `--net` flag.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], ConfigError> {
+    let bad = || ConfigError::BadMac(text.to_string());
     let mut mac = [0u8; 6];
     let mut parts = text.split(':');
     for byte in &mut mac {
@@ -170,100 +110,8 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
-impl std::str::FromStr for NetConfig {
-    type Err = String;
-    fn from_str(spec: &str) -> Result<Self, String> {
-        let (mut tap, mut mac) = (None, None);
-        for (k, v) in options(spec)? {
-            match k {
-                "tap" => {
-                    let name = value(k, v)?;
-                    if name.len() >= libc::IFNAMSIZ {
-                        return Err(format!(
-                            "tap name `{name}` is longer than {} bytes",
-                            libc::IFNAMSIZ - 1
-                        ));
-                    }
-                    tap = Some(name.to_string());
-                }
-                "mac" => mac = Some(parse_mac(value(k, v)?)?),
-                _ => return Err(unknown(k, "tap=, mac=")),
-            }
-        }
-        Ok(Self {
-            tap: required(tap, "tap")?,
-            mac,
-        })
-    }
-}
-
-impl std::str::FromStr for VsockConfig {
-    type Err = String;
-    fn from_str(spec: &str) -> Result<Self, String> {
-        let (mut cid, mut socket) = (None, None);
-        for (k, v) in options(spec)? {
-            match k {
-                "cid" => {
-                    let text = value(k, v)?;
-                    let n: u32 = text
-                        .parse()
-                        .map_err(|_| format!("cid `{text}` is not a number"))?;
-                    // 0-2 are reserved (hypervisor, local, host).
-                    if n < 3 {
-                        return Err(format!("cid {n} is reserved; use 3 or more"));
-                    }
-                    cid = Some(n);
-                }
-                "socket" => socket = Some(PathBuf::from(value(k, v)?)),
-                _ => return Err(unknown(k, "cid=, socket=")),
-            }
-        }
-        Ok(Self {
-            guest_cid: required(cid, "cid")?,
-            socket: required(socket, "socket")?,
-        })
-    }
-}
-
-impl std::str::FromStr for FsConfig {
-    type Err = String;
-    fn from_str(spec: &str) -> Result<Self, String> {
-        let (mut tag, mut path, mut read_only, mut cache) = (None, None, false, FsCache::Auto);
-        for (k, v) in options(spec)? {
-            match k {
-                "tag" => {
-                    let t = value(k, v)?;
-                    // The tag field of the config space is 36 bytes.
-                    if t.len() > 36 {
-                        return Err(format!("tag `{t}` is longer than 36 bytes"));
-                    }
-                    tag = Some(t.to_string());
-                }
-                "path" => path = Some(PathBuf::from(value(k, v)?)),
-                "ro" => read_only = flag(k, v)?,
-                "cache" => {
-                    cache = match value(k, v)? {
-                        "never" => FsCache::Never,
-                        "auto" => FsCache::Auto,
-                        "always" => FsCache::Always,
-                        other => {
-                            return Err(format!("cache `{other}` is not never, auto or always"))
-                        }
-                    }
-                }
-                _ => return Err(unknown(k, "tag=, path=, ro, cache=")),
-            }
-        }
-        Ok(Self {
-            tag: required(tag, "tag")?,
-            path: required(path, "path")?,
-            read_only,
-            cache,
-        })
-    }
-}
-
-/// Errors in a [`VmConfig`] found before anything is created.
+/// Errors in a [`VmConfig`] found before anything is created, or in a MAC
+/// address given for one.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("a VM needs at least one vCPU")]
@@ -280,50 +128,16 @@ pub enum ConfigError {
     MemoryTooLarge { got: u64, max: u64 },
     #[error("the kernel command line is {len} bytes; the limit is {max}")]
     CmdlineTooLong { len: usize, max: usize },
-    #[error("a guest init argument cannot contain a double quote or newline: {0:?}")]
-    BadInitArg(String),
+    #[error("`{0}` is not a MAC address like 02:00:00:00:00:01")]
+    BadMac(String),
 }
 
 /// Smallest memory we accept: the kernel alone takes more than this.
 pub const MIN_MEMORY_MIB: u64 = 16;
 
-/// Options every host needs: serial console, restart through the i8042
-/// (the VMM turns it into a clean exit), reboot at once on panic, skip
-/// timer checks and port 0x80 delays that only cost VM exits.
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet tsc=reliable \
-no_timer_check io_delay=none 8250.nr_uarts=1 rcupdate.rcu_expedited=1";
-
-/// Options only hosts whose KVM has no VMX/SVM need (see
-/// resources/kernel/README.md): enable the guest kernel's workarounds,
-/// hide CPU features the instruction emulator cannot execute or runs
-/// slowly (string copies), and skip boot work that costs seconds when
-/// every guest kernel instruction is emulated. `rodata=off` gives up
-/// write-protection of the guest kernel's text on these hosts only.
-///
-/// `GLIBC_TUNABLES=...` is not a kernel option: the kernel hands it to
-/// /init as an environment variable.  Guest user mode runs natively there
-/// and sees the host's AVX/AVX-512 (CPUID, XCR0), but the guest kernel can
-/// only switch the FXSAVE state (the emulator has no XSAVE/XSETBV), so
-/// YMM/ZMM upper halves leak between guest processes and glibc's AVX
-/// string functions corrupt memory.  The tunable keeps glibc on SSE2; it
-/// reaches only processes that inherit /init's environment.
-pub const SOFTWARE_KVM_CMDLINE: &str = "skiff.swkvm \
-clearcpuid=popcnt,cx16,xsave,rdrand,rdseed,fsgsbase,pcid,invpcid,smap,erms,fsrm,rep_good \
-noreplace-smp percpu_alloc=page rodata=off rcupdate.rcu_cpu_stall_suppress=1 \
-GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,\
--AVX512CD,-AVX_Fast_Unaligned_Load,-FMA,-FMA4";
-
-/// The default command line for this host.
-pub fn default_cmdline(host_has_hardware_virt: bool) -> String {
-    if host_has_hardware_virt {
-        BASE_CMDLINE.to_string()
-    } else {
-        format!("{BASE_CMDLINE} {SOFTWARE_KVM_CMDLINE}")
-    }
-}
-
 /// Whether this host's CPU has VMX or SVM, i.e. KVM runs guests in
-/// hardware rather than emulating the guest kernel.
+/// hardware rather than emulating the guest kernel: what decides whether
+/// a guest needs `skiff_guest_abi::cmdline::SOFTWARE_KVM_CMDLINE`.
 pub fn host_has_hardware_virt() -> bool {
     std::fs::read_to_string("/proc/cpuinfo")
         .map(|info| cpuinfo_has_hardware_virt(&info))
@@ -335,27 +149,6 @@ fn cpuinfo_has_hardware_virt(cpuinfo: &str) -> bool {
         .lines()
         .filter(|l| l.starts_with("flags"))
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-}
-
-/// Appends init arguments after `--`, quoting those with spaces the way
-/// the kernel's parser understands.
-pub fn append_init_args(cmdline: &str, args: &[String]) -> Result<String, ConfigError> {
-    if args.is_empty() {
-        return Ok(cmdline.to_string());
-    }
-    let mut out = format!("{cmdline} --");
-    for arg in args {
-        if arg.contains('"') || arg.contains('\n') {
-            return Err(ConfigError::BadInitArg(arg.clone()));
-        }
-        if arg.is_empty() || arg.contains(char::is_whitespace) {
-            out.push_str(&format!(" \"{arg}\""));
-        } else {
-            out.push(' ');
-            out.push_str(arg);
-        }
-    }
-    Ok(out)
 }
 
 /// Fds each virtio device holds whatever the guest does: its backend, the
@@ -434,7 +227,7 @@ mod tests {
         VmConfig {
             kernel: "vmlinux".into(),
             initrd: None,
-            cmdline: BASE_CMDLINE.into(),
+            cmdline: "console=ttyS0".into(),
             vcpus: 1,
             memory_mib: 128,
             console: ConsoleConfig::Off,
@@ -445,50 +238,18 @@ mod tests {
     }
 
     #[test]
-    fn parses_device_flags() {
-        let blk: BlockConfig = "path=/img,ro".parse().unwrap();
+    fn parses_macs() {
         assert_eq!(
-            (blk.path.to_str(), blk.read_only, blk.direct),
-            (Some("/img"), true, false)
+            parse_mac("02:00:00:00:00:0a"),
+            Ok([2, 0, 0, 0, 0, 0x0a])
         );
-        assert!("ro".parse::<BlockConfig>().unwrap_err().contains("path="));
-        assert!("path=/img,rw"
-            .parse::<BlockConfig>()
-            .unwrap_err()
-            .contains("unknown option `rw`"));
-        assert!("path=/img,ro=1".parse::<BlockConfig>().is_err());
-        assert!("path=".parse::<BlockConfig>().is_err());
-        let spec = "path=/i,ro,direct";
-        assert_eq!(spec.parse::<BlockConfig>().unwrap().to_string(), spec);
-
-        let net: NetConfig = "tap=tap0,mac=02:00:00:00:00:0a".parse().unwrap();
-        assert_eq!(net.mac, Some([2, 0, 0, 0, 0, 0x0a]));
-        assert!("tap=tap0,mac=02:00".parse::<NetConfig>().is_err());
-        assert!("tap=a-very-long-tap-name".parse::<NetConfig>().is_err());
-
-        let vsock: VsockConfig = "cid=3,socket=/tmp/v.sock".parse().unwrap();
-        assert_eq!(vsock.guest_cid, 3);
-        assert!("cid=2,socket=/x"
-            .parse::<VsockConfig>()
-            .unwrap_err()
-            .contains("reserved"));
-        assert!("cid=x,socket=/x".parse::<VsockConfig>().is_err());
-
-        let fs: FsConfig = "tag=share,path=/srv,ro,cache=never".parse().unwrap();
-        assert_eq!((fs.read_only, fs.cache), (true, FsCache::Never));
-        assert!("tag=share"
-            .parse::<FsConfig>()
-            .unwrap_err()
-            .contains("path="));
-        assert!("tag=s,path=/p,cache=sometimes".parse::<FsConfig>().is_err());
-    }
-
-    #[test]
-    fn software_kvm_hosts_get_the_workarounds() {
-        assert!(!default_cmdline(true).contains("skiff.swkvm"));
-        let soft = default_cmdline(false);
-        assert!(soft.starts_with(BASE_CMDLINE));
-        assert!(soft.contains("skiff.swkvm") && soft.contains("clearcpuid="));
+        assert_eq!(
+            parse_mac("02:00"),
+            Err(ConfigError::BadMac("02:00".into()))
+        );
+        assert!(parse_mac("02:00:00:00:00:0a:0b").is_err());
+        assert!(parse_mac("02:00:00:00:00:0g").is_err());
+        assert!(parse_mac("2:00:00:00:00:0a").is_err());
     }
 
     #[test]
@@ -497,20 +258,6 @@ mod tests {
         assert!(cpuinfo_has_hardware_virt("flags\t: fpu svm\n"));
         assert!(!cpuinfo_has_hardware_virt("flags\t: fpu vmxx hypervisor\n"));
         assert!(!cpuinfo_has_hardware_virt("model name : vmx\n"));
-    }
-
-    #[test]
-    fn init_args_follow_a_double_dash_and_keep_spaces() {
-        let args = vec!["sh".into(), "-c".into(), "echo a b".into()];
-        assert_eq!(
-            append_init_args("quiet", &args).unwrap(),
-            "quiet -- sh -c \"echo a b\""
-        );
-        assert_eq!(append_init_args("quiet", &[]).unwrap(), "quiet");
-        assert!(matches!(
-            append_init_args("quiet", &["a\"b".into()]),
-            Err(ConfigError::BadInitArg(_))
-        ));
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl MmioSlot {
 /// What the VMM keeps of its devices to reach them from the host side.
 #[derive(Default)]
 pub struct DeviceHandles {
-    /// Opens connections to guest vsock ports (with `--vsock`).
+    /// Opens connections to guest vsock ports (when the VM has vsock).
     pub vsock: Option<VsockConnector>,
 }
 
@@ -295,15 +295,28 @@ fn create_device(
         DeviceConfig::Block(disk) => DiskFile::open(&disk.path, disk.read_only, disk.direct)
             .map(|file| Box::new(Block::new(file)) as Box<dyn VirtioDevice>)
             .map_err(|e| DeviceError::Create {
-                device: format!("--disk {disk}"),
+                device: format!(
+                    "disk image {}{}",
+                    disk.path.display(),
+                    match (disk.read_only, disk.direct) {
+                        (false, false) => "",
+                        (true, false) => " (read-only)",
+                        (false, true) => " (O_DIRECT)",
+                        (true, true) => " (read-only, O_DIRECT)",
+                    }
+                ),
                 source: e.into(),
             }),
         DeviceConfig::Net(net) => Net::new(&net.tap, net.mac)
             .map(|dev| Box::new(dev) as Box<dyn VirtioDevice>)
             .map_err(|e| DeviceError::Create {
                 device: match net.mac {
-                    Some(mac) => format!("--net tap={},mac={}", net.tap, format_mac(&mac)),
-                    None => format!("--net tap={}", net.tap),
+                    Some(mac) => format!(
+                        "network device on tap {} (MAC {})",
+                        net.tap,
+                        format_mac(&mac)
+                    ),
+                    None => format!("network device on tap {}", net.tap),
                 },
                 source: std::io::Error::other(e),
             }),
@@ -311,7 +324,7 @@ fn create_device(
             let device = Vsock::new(vsock.guest_cid.into(), &vsock.socket).map_err(|e| {
                 DeviceError::Create {
                     device: format!(
-                        "--vsock cid={},socket={}",
+                        "vsock device (guest CID {}, socket {})",
                         vsock.guest_cid,
                         vsock.socket.display()
                     ),
@@ -338,7 +351,11 @@ fn create_fs(config: &FsConfig) -> Result<Box<dyn VirtioDevice>, DeviceError> {
         limits: Default::default(),
     };
     let device = Fs::new(share).map_err(|e| DeviceError::Create {
-        device: format!("--fs tag={},path={}", config.tag, config.path.display()),
+        device: format!(
+            "virtio-fs share `{}` of {}",
+            config.tag,
+            config.path.display()
+        ),
         source: e.into(),
     })?;
     Ok(Box::new(device))

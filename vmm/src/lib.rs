@@ -1,15 +1,18 @@
 //! Skiff's virtual machine monitor: KVM, guest memory, x86_64 boot, vCPU
 //! threads and legacy devices, driven through a small action API from the
-//! process that embeds it (the containerd shim, or `vm-run`).
+//! process that embeds it (the containerd shim through skiff-runtime, or
+//! the `vm-run` tool, each its own crate). It takes a whole kernel command
+//! line; the one this project's guest kernel needs is
+//! `skiff_guest_abi::cmdline`.
 //!
 //! ```no_run
 //! # use std::time::Instant;
-//! # use skiff_vmm::{VmmHandle, VmConfig, ConsoleConfig, config::default_cmdline};
+//! # use skiff_vmm::{VmmHandle, VmConfig, ConsoleConfig};
 //! let vmm = VmmHandle::spawn(Instant::now())?;
 //! vmm.configure(VmConfig {
 //!     kernel: "build/guest/vmlinux".into(),
 //!     initrd: Some("build/guest/initramfs-debug.cpio".into()),
-//!     cmdline: default_cmdline(skiff_vmm::config::host_has_hardware_virt()),
+//!     cmdline: "console=ttyS0 reboot=k panic=-1".into(),
 //!     vcpus: 1,
 //!     memory_mib: 128,
 //!     console: ConsoleConfig::Stdio,

@@ -31,7 +31,7 @@ pub enum LoadError {
         path: PathBuf,
         source: loader::Error,
     },
-    #[error("guest memory ({mem_mib} MiB) is too small for kernel {path}, which needs {needed_mib} MiB; raise --memory")]
+    #[error("guest memory ({mem_mib} MiB) is too small for kernel {path}, which needs {needed_mib} MiB; give the VM more memory")]
     MemoryTooSmall {
         path: PathBuf,
         mem_mib: u64,

@@ -23,7 +23,7 @@ pub enum BootProtocol {
 /// Errors writing boot information.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("the initrd ({initrd_mib} MiB) does not fit in guest memory beside the kernel; raise --memory")]
+    #[error("the initrd ({initrd_mib} MiB) does not fit in guest memory beside the kernel; give the VM more memory")]
     InitrdTooLarge { initrd_mib: u64 },
     #[error("too many e820 entries ({0})")]
     TooManyE820Entries(usize),
