@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use skiff_agent_protocol::agent_ttrpc::AgentServiceClient;
 use skiff_agent_protocol::{ttrpc, DEFAULT_VSOCK_PORT};
-use skiff_vmm::config::{append_init_args, default_cmdline, host_has_hardware_virt, DeviceConfig};
+use skiff_guest_abi::cmdline::{append_init_args, default_cmdline};
+use skiff_vmm::config::{host_has_hardware_virt, DeviceConfig};
 use skiff_vmm::{ConsoleConfig, VmConfig, VmState, VmmHandle};
 
 /// A test's scratch directory, `$TMPDIR/skiff-NAME-PID`: empty at the

@@ -16,9 +16,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use skiff_tests::{debug_initramfs, kernel, make_ext4, Scratch};
+use skiff_guest_abi::cmdline::{append_init_args, default_cmdline};
 use skiff_vmm::config::{
-    append_init_args, default_cmdline, host_has_hardware_virt, BlockConfig, DeviceConfig, FsCache,
-    FsConfig, NetConfig, VsockConfig,
+    host_has_hardware_virt, BlockConfig, DeviceConfig, FsCache, FsConfig, NetConfig, VsockConfig,
 };
 use skiff_vmm::{ConsoleConfig, ExitReason, VmConfig, VmState, VmmHandle};
 
