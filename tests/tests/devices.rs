@@ -15,8 +15,8 @@ use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use skiff_tests::{debug_initramfs, kernel, make_ext4, Scratch};
 use skiff_guest_abi::cmdline::{append_init_args, default_cmdline};
+use skiff_tests::{debug_initramfs, kernel, make_ext4, Scratch};
 use skiff_vmm::config::{
     host_has_hardware_virt, BlockConfig, DeviceConfig, FsCache, FsConfig, NetConfig, VsockConfig,
 };

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use skiff_guest_abi::cmdline::{append_init_args, default_cmdline};
-use skiff_vmm::config::{host_has_hardware_virt, DeviceConfig};
 use skiff_vmm::arch::boot::BootError;
 use skiff_vmm::builder::BuildError;
+use skiff_vmm::config::{host_has_hardware_virt, DeviceConfig};
 use skiff_vmm::loader::LoadError;
 use skiff_vmm::timeline::{Milestone, TimelineReport};
 use skiff_vmm::{DeviceError, ExitReason, VmConfig, VmmError, VmmHandle};
@@ -79,9 +79,7 @@ fn main() -> ExitCode {
 fn run(args: Args, origin: Instant) -> Result<(), RunError> {
     let timeout = args
         .timeout
-        .map(|s| {
-            Duration::try_from_secs_f64(s).map_err(|_| RunError::BadTimeout(s))
-        })
+        .map(|s| Duration::try_from_secs_f64(s).map_err(|_| RunError::BadTimeout(s)))
         .transpose()?;
     let base = args
         .cmdline
@@ -229,7 +227,10 @@ mod tests {
 
         assert_eq!(device_flag("disk image /x (read-only)"), Some("--disk"));
         assert_eq!(device_flag("network device on tap t0"), Some("--net"));
-        assert_eq!(device_flag("vsock device (guest CID 3, socket /s)"), Some("--vsock"));
+        assert_eq!(
+            device_flag("vsock device (guest CID 3, socket /s)"),
+            Some("--vsock")
+        );
         assert_eq!(device_flag("virtio-fs share `s` of /p"), Some("--fs"));
         assert_eq!(device_flag("something else"), None);
         assert_eq!(

@@ -239,14 +239,8 @@ mod tests {
 
     #[test]
     fn parses_macs() {
-        assert_eq!(
-            parse_mac("02:00:00:00:00:0a"),
-            Ok([2, 0, 0, 0, 0, 0x0a])
-        );
-        assert_eq!(
-            parse_mac("02:00"),
-            Err(ConfigError::BadMac("02:00".into()))
-        );
+        assert_eq!(parse_mac("02:00:00:00:00:0a"), Ok([2, 0, 0, 0, 0, 0x0a]));
+        assert_eq!(parse_mac("02:00"), Err(ConfigError::BadMac("02:00".into())));
         assert!(parse_mac("02:00:00:00:00:0a:0b").is_err());
         assert!(parse_mac("02:00:00:00:00:0g").is_err());
         assert!(parse_mac("2:00:00:00:00:0a").is_err());

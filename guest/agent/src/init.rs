@@ -22,7 +22,6 @@ pub enum InitError {
     },
 }
 
-
 /// Tells the VMM the agent has started. Best effort: without the I/O
 /// permission (not PID 1 as root) nothing is written.
 pub fn signal_boot_timer() {
