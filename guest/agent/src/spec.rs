@@ -1,6 +1,10 @@
 //! Turns the OCI spec (and exec'd OCI processes) into spawn plans, with
 //! every check that can fail done here, before fork, so a bad request
 //! gets a clear error and nothing is created.
+//!
+//! The plans are [`crate::plan`]'s types, which [`crate::spawn`] carries
+//! out; this module never calls into `spawn`, so the two do not depend on
+//! each other.
 
 use std::ffi::CString;
 use std::fs::File;
