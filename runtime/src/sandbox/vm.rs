@@ -9,9 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use skiff_vmm::config::{
-    default_cmdline, host_has_hardware_virt, DeviceConfig, FsConfig, VsockConfig,
-};
+use skiff_guest_abi::cmdline::default_cmdline;
+use skiff_vmm::config::{host_has_hardware_virt, DeviceConfig, FsConfig, VsockConfig};
 use skiff_vmm::device_manager::MAX_SLOTS;
 use skiff_vmm::timeline::Milestone;
 use skiff_vmm::{ConsoleConfig, ExitReason, VmConfig, VmmHandle};
