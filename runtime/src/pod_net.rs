@@ -8,9 +8,11 @@
 //! and routes through the agent.
 //!
 //! The steps, in order: [`netns_of`] and [`inspect`] (discover),
-//! [`PodNetwork::vm_devices`] (the VMM's `NetConfig`s), [`connect`] (tap up
-//! and tc, once the VMM made the taps), [`configure_guest`] (the guest's
-//! side, through the agent), and [`disconnect`] (teardown).
+//! [`PodNetwork::vm_devices`] (the VMM's `NetConfig`s; the sandbox names
+//! the namespace to the VMM, `VmmHandle::spawn_in_netns`, which makes the
+//! taps there), [`connect`] (tap up and tc, once the VMM made the taps),
+//! [`configure_guest`] (the guest's side, through the agent), and
+//! [`disconnect`] (teardown).
 //!
 //! netlink through rtnetlink; it is async, so each operation runs on a
 //! short-lived current-thread tokio runtime, on a thread that has entered
@@ -229,9 +231,9 @@ where
     })
 }
 
-/// Moves the calling thread into the network namespace `ns`. Threads it
-/// spawns afterwards (the VMM's) are born there.
-pub fn enter(ns: &File, path: &Path) -> Result<(), NetworkError> {
+/// Moves the calling thread (one of [`in_netns`]'s) into the network
+/// namespace `ns`.
+fn enter(ns: &File, path: &Path) -> Result<(), NetworkError> {
     setns(ns, CloneFlags::CLONE_NEWNET).map_err(|err| NetworkError::EnterNetns {
         path: path.into(),
         err,

@@ -110,6 +110,8 @@ pub enum VmmError {
     VmmGone,
     #[error("cannot start the VMM thread: {0}")]
     Spawn(std::io::Error),
+    #[error("cannot enter the VM's network namespace: {0}")]
+    EnterNetns(std::io::Error),
     #[error("the VM has no vsock device")]
     NoVsock,
     #[error("vsock connect to guest port {port}: {source}")]

@@ -6,8 +6,8 @@
 //! thread only when the VM must end.
 //!
 //! Beside it runs the VM's launcher (`skiff_confine::launcher`), created
-//! here so that it shares the caller's namespaces (the pod's netns in the
-//! shim): once the VM runs, the VMM thread and the vCPUs are confined, and
+//! here so that it shares the VMM thread's namespaces (the network
+//! namespace [`VmmHandle::spawn_in_netns`] was given): once the VM runs, the VMM thread and the vCPUs are confined, and
 //! device activation, hot-added device creation and teardown run there. A
 //! thread stopped for a seccomp violation ends the VM with
 //! [`ExitReason::SeccompViolation`]; a stopped VMM thread answers no more
@@ -148,6 +148,35 @@ impl VmmHandle {
             confinement,
             slot,
             thread: Some(thread),
+        })
+    }
+
+    /// [`VmmHandle::spawn`] inside the network namespace `netns` (an open
+    /// `/run/netns/<name>` or `/proc/<pid>/ns/net`): every thread of the VM
+    /// (launcher, VMM thread, vCPUs, device workers) starts there, so the
+    /// taps its [`crate::config::NetConfig`]s name are made or found there,
+    /// and no VMM thread can reach the caller's network, its abstract Unix
+    /// sockets included. The calling thread stays where it is: the
+    /// namespace is entered by a short-lived thread of its own.
+    pub fn spawn_in_netns(origin: Instant, netns: &std::fs::File) -> Result<Self, VmmError> {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("vmm-netns".into())
+                .spawn_scoped(scope, || {
+                    // SAFETY: setns on a borrowed fd; it moves only this
+                    // thread, which ends after starting the VMM's.
+                    if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(VmmError::EnterNetns(std::io::Error::last_os_error()));
+                    }
+                    Self::spawn(origin)
+                })
+                .map_err(VmmError::Spawn)?
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(VmmError::Spawn(std::io::Error::other(
+                        "the thread entering the network namespace panicked",
+                    )))
+                })
         })
     }
 
@@ -508,5 +537,31 @@ impl Controller {
             return;
         }
         self.exit_slot.publish(&self.timeline, reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_network_namespace_is_checked_and_entered_by_a_thread_of_its_own() {
+        let not_a_namespace = std::fs::File::open("/dev/null").unwrap();
+        let err = VmmHandle::spawn_in_netns(Instant::now(), &not_a_namespace)
+            .err()
+            .expect("/dev/null is no namespace");
+        assert!(matches!(err, VmmError::EnterNetns(_)), "{err}");
+        assert!(err
+            .to_string()
+            .starts_with("cannot enter the VM's network namespace"));
+
+        let before = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+        let own = std::fs::File::open("/proc/self/ns/net").unwrap();
+        let vmm = VmmHandle::spawn_in_netns(Instant::now(), &own).unwrap();
+        assert_eq!(vmm.state().unwrap(), VmState::Unconfigured);
+        assert_eq!(
+            std::fs::read_link("/proc/thread-self/ns/net").unwrap(),
+            before
+        );
     }
 }

@@ -16,7 +16,7 @@ use skiff_vmm::timeline::Milestone;
 use skiff_vmm::{ConsoleConfig, ExitReason, VmConfig, VmmHandle};
 
 use crate::config::{RuntimeConfig, BOOT_DEVICES};
-use crate::pod_net::{self, NetworkError, PodNetwork};
+use crate::pod_net::{NetworkError, PodNetwork};
 
 use super::{BootTimeline, SandboxError};
 
@@ -89,10 +89,9 @@ pub(super) fn config(
     })
 }
 
-/// Starts the VMM thread inside the pod's network namespace, so the taps
-/// it opens (and every thread it starts) live there; in this process's own
-/// namespace when the pod has none. The namespace is entered by a
-/// short-lived thread of its own, never by the caller's.
+/// Starts the VMM in the pod's network namespace, named to the VMM API, so
+/// the taps it opens (and every thread it starts) live there; in this
+/// process's own namespace when the pod has none.
 pub(super) fn spawn(net: Option<&PodNetwork>, origin: Instant) -> Result<VmmHandle, SandboxError> {
     let Some(net) = net else {
         return Ok(VmmHandle::spawn(origin)?);
@@ -101,17 +100,7 @@ pub(super) fn spawn(net: Option<&PodNetwork>, origin: Instant) -> Result<VmmHand
         path: net.netns.clone(),
         err,
     })?;
-    std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("vmm-spawn".into())
-            .spawn_scoped(scope, || {
-                pod_net::enter(&ns, &net.netns)?;
-                Ok(VmmHandle::spawn(origin)?)
-            })
-            .map_err(|e| SandboxError::Network(NetworkError::Thread(e)))?
-            .join()
-            .unwrap_or_else(|_| Err(NetworkError::Thread(std::io::Error::other("panicked")).into()))
-    })
+    Ok(VmmHandle::spawn_in_netns(origin, &ns)?)
 }
 
 /// The VMM's boot milestones, then the agent's answer, in wall-clock
