@@ -10,7 +10,8 @@ pub use boot_timer::{BootTimer, BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
 pub use i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 pub use panic_watch::PanicWatcher;
 pub use serial::{
-    ConsoleOutput, EventFdTrigger, SerialConsole, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN,
+    ConsoleOutput, EventFdTrigger, SerialConsole, SerialSnapshot, COM1_IRQ, COM1_PORT,
+    SERIAL_PORT_LEN,
 };
 
 /// A notification a device sends to the VMM. Devices run on vCPU threads;

@@ -2,7 +2,8 @@
 
 use std::io::{self, Write};
 
-use vm_superio::serial::NoEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -66,6 +67,15 @@ impl Write for ConsoleOutput {
     }
 }
 
+/// The UART at a snapshot: its nine registers (in vm-superio's
+/// `SerialState` order: DLL, DLM, IER, IIR, LCR, LSR, MCR, MSR, SCR) and the
+/// input the guest has not read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot {
+    pub registers: [u8; 9],
+    pub input: Vec<u8>,
+}
+
 /// The console UART as a bus device.
 pub struct SerialConsole {
     serial: Serial<EventFdTrigger, NoEvents, ConsoleOutput>,
@@ -76,6 +86,49 @@ impl SerialConsole {
         Self {
             serial: Serial::new(interrupt, output),
         }
+    }
+
+    /// The UART's registers and unread input, for a snapshot.
+    pub fn save(&self) -> SerialSnapshot {
+        let s = self.serial.state();
+        SerialSnapshot {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            input: s.in_buffer,
+        }
+    }
+
+    /// The console as [`save`](Self::save) left it, on new host ends.
+    pub fn restore(
+        state: &SerialSnapshot,
+        interrupt: EventFdTrigger,
+        output: ConsoleOutput,
+    ) -> Result<Self, String> {
+        let [bdl, bdh, ier, iir, lcr, lsr, mcr, msr, scr] = state.registers;
+        let state = SerialState {
+            baud_divisor_low: bdl,
+            baud_divisor_high: bdh,
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch: scr,
+            in_buffer: state.input.clone(),
+        };
+        let serial = Serial::from_state(&state, interrupt, NoEvents, output)
+            .map_err(|e| format!("serial console: {e:?}"))?;
+        Ok(Self { serial })
     }
 
     /// Queues host input for the guest; returns how many bytes fit.

@@ -7,6 +7,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::state::{QueueSnapshot, StateError, TransportState};
 use super::{status, Activation, ActiveQueue, Interrupt, VirtioDevice, F_VERSION_1};
 use crate::BusDevice;
 
@@ -66,6 +67,9 @@ pub struct MmioTransport {
     queue_sel: u32,
     config_generation: u32,
     active: bool,
+    /// Where the queues stood when [`save`](MmioTransport::save) stopped
+    /// the device, until [`resume`](MmioTransport::resume) starts it again.
+    saved_queues: Option<Vec<QueueSnapshot>>,
 }
 
 impl MmioTransport {
@@ -104,7 +108,113 @@ impl MmioTransport {
             queue_sel: 0,
             config_generation: 0,
             active: false,
+            saved_queues: None,
         })
+    }
+
+    /// A transport for `device` as `state` left it: the registers, the
+    /// pending interrupt causes and, when the device ran, the device
+    /// started again on its queues where they stood, told that it
+    /// continues a snapshot ([`Activation::resumed`]).
+    pub fn restore(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        irqfd: EventFd,
+        confinement: Confinement,
+        state: &TransportState,
+    ) -> Result<Self, StateError> {
+        let mut t = Self::new(device, mem, irqfd, confinement).map_err(StateError::Setup)?;
+        let device_type = t.device.device_type();
+        if state.device_type != device_type {
+            return Err(StateError::DeviceType {
+                saved: state.device_type,
+                actual: device_type,
+            });
+        }
+        if state.queues.len() != t.queues.len() {
+            return Err(StateError::QueueCount {
+                device_type,
+                saved: state.queues.len(),
+                actual: t.queues.len(),
+            });
+        }
+        for (index, (queue, saved)) in t.queues.iter_mut().zip(&state.queues).enumerate() {
+            *queue = saved.to_queue(device_type, index, queue.max_size())?;
+        }
+        t.status = state.status;
+        t.device_features_sel = state.device_features_sel;
+        t.driver_features_sel = state.driver_features_sel;
+        t.driver_features = state.driver_features & t.offered_features();
+        t.queue_sel = state.queue_sel;
+        t.config_generation = state.config_generation;
+        t.interrupt
+            .restore(state.interrupt_status, state.needs_reset);
+        if state.active {
+            let queues = t
+                .queues
+                .iter()
+                .map(|q| Queue::try_from(q.state()))
+                .collect();
+            t.start_device(queues, true)
+                .map_err(|why| StateError::Start { device_type, why })?;
+        }
+        Ok(t)
+    }
+
+    /// Stops the device's data path and returns the transport's state,
+    /// each queue at the position the device reached (`virtio::state`).
+    /// The device stays stopped, so nothing writes guest memory while it
+    /// is saved, until [`resume`](Self::resume).
+    pub fn save(&mut self) -> TransportState {
+        let was_active = self.active || self.saved_queues.is_some();
+        if self.active {
+            self.device.reset();
+            self.active = false;
+            let positions: Vec<QueueSnapshot> = self
+                .queues
+                .iter()
+                .map(|q| QueueSnapshot::of(q, super::queue::used_index(q, &self.mem)))
+                .collect();
+            self.saved_queues = Some(positions);
+        }
+        let queues = match &self.saved_queues {
+            Some(saved) => saved.clone(),
+            None => self
+                .queues
+                .iter()
+                .map(|q| QueueSnapshot::of(q, 0))
+                .collect(),
+        };
+        TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            needs_reset: self.interrupt.needs_reset(),
+            active: was_active,
+            queues,
+        }
+    }
+
+    /// Starts the device [`save`](Self::save) stopped again, from where
+    /// its queues stood, as a restore would.
+    pub fn resume(&mut self) {
+        let Some(saved) = self.saved_queues.take() else {
+            return;
+        };
+        let device_type = self.device.device_type();
+        let queues = saved
+            .iter()
+            .map(|s| Queue::try_from(s.queue_state()))
+            .collect();
+        if let Err(why) = self.start_device(queues, true) {
+            tracing::warn!("virtio device type {device_type} did not resume: {why}");
+            self.fail();
+        }
     }
 
     /// The eventfds to register as ioeventfds at [`MMIO_NOTIFY_OFFSET`],
@@ -244,38 +354,51 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
-        let mut queues = Vec::with_capacity(self.queues.len());
-        for (queue, evt) in self.queues.iter().zip(&self.queue_evts) {
-            let usable =
-                queue.ready() && queue.is_valid(&self.mem) && !super::queue::rings_overlap(queue);
-            let cloned = Queue::try_from(queue.state()).ok().filter(|_| usable);
-            let notify = evt.try_clone();
-            match (cloned, notify) {
-                (Some(mut queue), Ok(notify)) => {
-                    queue.set_event_idx(self.driver_features & super::F_RING_EVENT_IDX != 0);
-                    queues.push(ActiveQueue { queue, notify });
-                }
-                _ => {
-                    tracing::warn!(
-                        "virtio-mmio: queue {} unusable, device not started",
-                        queues.len()
-                    );
-                    return self.fail();
-                }
-            }
+        let queues = self
+            .queues
+            .iter()
+            .map(|q| Queue::try_from(q.state()))
+            .collect();
+        if let Err(why) = self.start_device(queues, false) {
+            tracing::warn!(
+                "virtio device type {} not started: {why}",
+                self.device.device_type()
+            );
+            self.fail();
+        }
+    }
+
+    /// Hands `queues` (the driver's, or a snapshot's) to the device, once
+    /// each is found usable in guest memory.
+    fn start_device(
+        &mut self,
+        queues: Vec<Result<Queue, virtio_queue::Error>>,
+        resumed: bool,
+    ) -> Result<(), String> {
+        let mut active = Vec::with_capacity(queues.len());
+        for (index, (queue, evt)) in queues.into_iter().zip(&self.queue_evts).enumerate() {
+            let usable = queue
+                .ok()
+                .filter(|q| q.ready() && q.is_valid(&self.mem) && !super::queue::rings_overlap(q));
+            let Some(mut queue) = usable else {
+                return Err(format!("queue {index} unusable"));
+            };
+            let notify = evt.try_clone().map_err(|e| e.to_string())?;
+            queue.set_event_idx(self.driver_features & super::F_RING_EVENT_IDX != 0);
+            active.push(ActiveQueue { queue, notify });
         }
         let activation = Activation {
             mem: self.mem.clone(),
             features: self.driver_features,
-            queues,
+            queues: active,
             interrupt: self.interrupt.clone(),
             confinement: self.confinement.clone(),
+            resumed,
         };
         // The device starts its worker on the launcher, never on this
         // (vCPU, filtered) thread: a worker would inherit its filter. The
         // device moves there and back; the vCPU holds this transport's
         // lock meanwhile, so nothing sees the stand-in.
-        let device_type = self.device.device_type();
         let mut device = std::mem::replace(&mut self.device, Box::new(super::Detached));
         let started = self.confinement.run(move || {
             let result = device.activate(activation);
@@ -288,13 +411,9 @@ impl MmioTransport {
             }
             Err(e) => Err(e.into()),
         };
-        match result {
-            Ok(()) => self.active = true,
-            Err(e) => {
-                tracing::warn!("virtio device type {device_type} failed to start: {e}");
-                self.fail();
-            }
-        }
+        result.map_err(|e| e.to_string())?;
+        self.active = true;
+        Ok(())
     }
 
     /// Tells the driver the device is broken until it resets it.
@@ -310,6 +429,7 @@ impl MmioTransport {
             self.device.reset();
             self.active = false;
         }
+        self.saved_queues = None;
         for queue in &mut self.queues {
             queue.reset();
         }
@@ -387,12 +507,14 @@ mod tests {
     use super::*;
     use crate::virtio::ActivateError;
     use std::sync::Mutex;
-    use vm_memory::GuestAddress;
+    use vm_memory::{Bytes, GuestAddress};
 
     #[derive(Default)]
     struct Log {
         activations: Vec<(u64, usize)>,
         resets: usize,
+        /// `(resumed, next_avail of each queue)` per activation.
+        starts: Vec<(bool, Vec<u16>)>,
     }
 
     struct Dummy {
@@ -422,6 +544,8 @@ mod tests {
                 .unwrap()
                 .activations
                 .push((a.features, a.queues.len()));
+            let positions = a.queues.iter().map(|q| q.queue.next_avail()).collect();
+            self.log.lock().unwrap().starts.push((a.resumed, positions));
             Ok(())
         }
         fn reset(&mut self) {
@@ -639,6 +763,94 @@ mod tests {
         w(&mut t, reg::STATUS, 3);
         w(&mut t, reg::STATUS, 1);
         assert_eq!(r(&mut t, reg::STATUS), 3);
+    }
+
+    #[test]
+    fn a_saved_transport_restores_with_its_device_running_where_it_stood() {
+        let (mut t, log) = transport(false);
+        bring_up(&mut t, 1 << 3);
+        // The device published 5 used entries on queue 0, 2 on queue 1.
+        t.mem.write_obj(5u16, GuestAddress(0x1000 + 0x202)).unwrap();
+        t.mem.write_obj(2u16, GuestAddress(0x2000 + 0x202)).unwrap();
+        t.interrupt().signal_used();
+        let state = t.save();
+        assert_eq!(log.lock().unwrap().resets, 1, "saving stops the device");
+        assert!(state.active);
+        assert_eq!(state.interrupt_status, super::super::INT_USED_RING);
+        let positions: Vec<u16> = state.queues.iter().map(|q| q.next_avail).collect();
+        assert_eq!(positions, [5, 2]);
+
+        // Through the on-disk form, into a new transport and device.
+        let json = serde_json::to_string(&state).unwrap();
+        let state: TransportState = serde_json::from_str(&json).unwrap();
+        let log2 = Arc::new(Mutex::new(Log::default()));
+        let dev = Dummy {
+            log: log2.clone(),
+            fail: false,
+        };
+        let mut restored = MmioTransport::restore(
+            Box::new(dev),
+            t.mem.clone(),
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            Confinement::inline(),
+            &state,
+        )
+        .unwrap();
+        assert_eq!(log2.lock().unwrap().starts, vec![(true, vec![5, 2])]);
+        assert_eq!(r(&mut restored, reg::STATUS), r(&mut t, reg::STATUS));
+        assert_eq!(
+            r(&mut restored, reg::INTERRUPT_STATUS),
+            super::super::INT_USED_RING
+        );
+        // The driver can still reset it and start over.
+        w(&mut restored, reg::STATUS, 0);
+        assert_eq!(log2.lock().unwrap().resets, 1);
+
+        // The original goes on after the snapshot, resumed the same way.
+        t.resume();
+        assert_eq!(log.lock().unwrap().starts[1], (true, vec![5, 2]));
+    }
+
+    #[test]
+    fn a_snapshot_of_another_device_or_bad_queues_is_refused() {
+        let (mut t, _) = transport(false);
+        bring_up(&mut t, 0);
+        let state = t.save();
+        let restore = |state: &TransportState| {
+            let dev = Dummy {
+                log: Arc::default(),
+                fail: false,
+            };
+            MmioTransport::restore(
+                Box::new(dev),
+                t.mem.clone(),
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                Confinement::inline(),
+                state,
+            )
+            .map(drop)
+        };
+        let other = TransportState {
+            device_type: 2,
+            ..state.clone()
+        };
+        assert_eq!(
+            restore(&other).unwrap_err().to_string(),
+            "the snapshot has a device of type 2 where this VM has type 42"
+        );
+        let mut fewer = state.clone();
+        fewer.queues.pop();
+        assert!(matches!(
+            restore(&fewer),
+            Err(StateError::QueueCount { saved: 1, .. })
+        ));
+        let mut odd = state.clone();
+        odd.queues[1].size = 3;
+        let err = restore(&odd).unwrap_err().to_string();
+        assert!(err.starts_with("queue 1 of device type 42"), "{err}");
+        let mut outside = state;
+        outside.queues[0].used_ring = 0xffff_0000;
+        assert!(matches!(restore(&outside), Err(StateError::Start { .. })));
     }
 
     #[test]

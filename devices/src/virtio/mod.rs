@@ -13,6 +13,7 @@ mod mmio;
 pub mod net;
 pub mod queue;
 pub mod seccomp;
+pub mod state;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 pub mod vsock;
@@ -25,6 +26,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use mmio::{reg as mmio_reg, EmptySlot, MmioTransport, MMIO_NOTIFY_OFFSET, MMIO_REGION_SIZE};
+pub use state::{StateError, TransportState};
 
 /// Device type IDs (virtio 1.2, 5).
 pub const TYPE_NET: u32 = 1;
@@ -115,6 +117,12 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// Sets what [`MmioTransport::restore`] read from a snapshot.
+    pub(crate) fn restore(&self, status: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
+    }
+
     pub(crate) fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
         self.needs_reset.store(false, Ordering::SeqCst);
@@ -137,6 +145,10 @@ pub struct Activation {
     pub interrupt: std::sync::Arc<Interrupt>,
     /// The VM's confinement: the device's worker confines itself with it.
     pub confinement: skiff_confine::Confinement,
+    /// The queues continue from a snapshot rather than from a driver that
+    /// just set DRIVER_OK: whatever the device kept on the host side (vsock
+    /// connections) is gone, and a device with such state tells the driver.
+    pub resumed: bool,
 }
 
 /// Why a device refused to start.

@@ -67,6 +67,19 @@ pub fn rings_overlap(queue: &Queue) -> bool {
     overlaps(r(d), r(a)) || overlaps(r(d), r(u)) || overlaps(r(a), r(u))
 }
 
+/// The used index the device last published for `queue` in guest memory:
+/// where a stopped device continues (`virtio::state`). 0 when the ring
+/// cannot be read; an unreadable ring refuses activation anyway.
+pub fn used_index<M: GuestMemory>(queue: &Queue, mem: &M) -> u16 {
+    if !queue.ready() {
+        return 0;
+    }
+    queue
+        .used_idx(mem, Ordering::Acquire)
+        .map(|index| index.0)
+        .unwrap_or(0)
+}
+
 /// Checks that the driver's avail index is at most a queue ahead of the
 /// device's; past that virtio-queue pops nothing while reporting work.
 pub fn check_avail<M: GuestMemory>(queue: &Queue, mem: &M) -> Result<(), QueueError> {

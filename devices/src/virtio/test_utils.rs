@@ -95,6 +95,7 @@ pub fn activation(mem: &GuestMemoryMmap, features: u64, queues: Vec<ActiveQueue>
         queues,
         interrupt: std::sync::Arc::new(Interrupt::new(notify)),
         confinement: skiff_confine::Confinement::inline(),
+        resumed: false,
     }
 }
 

@@ -112,6 +112,8 @@ impl VirtioDevice for Block {
             mut queues,
             interrupt,
             confinement,
+            // Every request completed before a snapshot: nothing to tell.
+            resumed: _,
         } = activation;
         let got = queues.len();
         let (Some(active), 1) = (queues.pop(), got) else {

@@ -691,6 +691,7 @@ fn worker_serves_notifications_and_stops_on_reset() {
             }],
             interrupt: irq.clone(),
             confinement: skiff_confine::Confinement::inline(),
+            resumed: false,
         })
         .unwrap();
         let mut raw = [0u8; 16];
@@ -721,6 +722,7 @@ fn worker_serves_notifications_and_stops_on_reset() {
         queues: Vec::new(),
         interrupt: irq,
         confinement: skiff_confine::Confinement::inline(),
+        resumed: false,
     });
     assert!(err.is_err());
 }

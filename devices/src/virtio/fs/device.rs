@@ -191,6 +191,7 @@ mod tests {
             queues,
             interrupt,
             confinement: skiff_confine::Confinement::inline(),
+            resumed: false,
         };
         (activation, notifies)
     }

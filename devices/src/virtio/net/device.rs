@@ -199,6 +199,7 @@ mod tests {
             queues: Vec::new(),
             interrupt: irq.clone(),
             confinement: skiff_confine::Confinement::inline(),
+            resumed: false,
         };
         assert!(matches!(
             net.activate(short),
@@ -210,6 +211,7 @@ mod tests {
             queues: vec![rxq, txq],
             interrupt: irq.clone(),
             confinement: skiff_confine::Confinement::inline(),
+            resumed: false,
         })
         .unwrap();
 

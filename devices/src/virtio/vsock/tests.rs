@@ -742,3 +742,57 @@ fn paths_are_checked_before_anything_is_created() {
     assert!(err.contains("no/such/dir"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_resumed_device_tells_the_driver_its_connections_are_gone() {
+    let dir = temp_dir("resumed");
+    let mem = guest_memory(MEM_SIZE);
+    let device = Vsock::new(GUEST_CID, &dir.join("v.sock")).unwrap();
+    let mut drivers = [RXQ, TXQ, EVQ].map(|base| queue_at(&mem, base));
+    // A driver gives event buffers at probe; one is enough.
+    let event_buf = 0x30_0000;
+    drivers[2].push(&[Buf::writable(event_buf, 8)]);
+    crate::virtio::test_utils::write_bytes(&mem, event_buf, &[0xff; 8]);
+
+    let fresh = drivers.iter().map(|d| d.active_queue(false)).collect();
+    let worker = device
+        .data_path(activation(&mem, device.features(), fresh))
+        .unwrap();
+    assert_eq!(drivers[2].used_idx(), 0, "a fresh device sends no event");
+    drop(worker);
+
+    let queues = drivers.iter().map(|d| d.active_queue(false)).collect();
+    let resumed = crate::virtio::Activation {
+        resumed: true,
+        ..activation(&mem, device.features(), queues)
+    };
+    let _worker = device.data_path(resumed).unwrap();
+    assert_eq!(drivers[2].used_entry(0), (0, 4));
+    let event = crate::virtio::test_utils::read_bytes(&mem, event_buf, 8);
+    assert_eq!(event[..4], 0u32.to_le_bytes(), "TRANSPORT_RESET is event 0");
+    assert_eq!(event[4..], [0xff; 4], "nothing written past the event");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_resumed_device_waits_for_an_event_buffer() {
+    let dir = temp_dir("resumed-wait");
+    let mem = guest_memory(MEM_SIZE);
+    let device = Vsock::new(GUEST_CID, &dir.join("v.sock")).unwrap();
+    let mut drivers = [RXQ, TXQ, EVQ].map(|base| queue_at(&mem, base));
+    let queues = drivers.iter().map(|d| d.active_queue(false)).collect();
+    let resumed = crate::virtio::Activation {
+        resumed: true,
+        ..activation(&mem, device.features(), queues)
+    };
+    let mut worker = device.data_path(resumed).unwrap();
+    assert_eq!(drivers[2].used_idx(), 0);
+    drivers[2].push(&[Buf::writable(0x30_0000, 4)]);
+    worker.process_event();
+    assert_eq!(drivers[2].used_entry(0), (0, 4));
+    // Once only.
+    drivers[2].push(&[Buf::writable(0x30_1000, 4)]);
+    worker.process_event();
+    assert_eq!(drivers[2].used_idx(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -22,14 +22,22 @@ const TOKEN_TX: u64 = 1;
 const TOKEN_EVENT: u64 = 2;
 const TOKEN_HOST: u64 = 3;
 
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` (virtio 1.2, 5.10.6.7): the one
+/// event of the event queue, a little-endian `u32` id.
+const EVENT_TRANSPORT_RESET: u32 = 0;
+
 /// The device's data path over its three queues (rx, tx, event).
 pub struct VsockWorker {
     mem: GuestMemoryMmap,
     rx: Queue,
     tx: Queue,
+    event: Queue,
     notify: [EventFd; 3],
     interrupt: Arc<Interrupt>,
     muxer: Muxer,
+    /// A transport reset the driver must still be told of: the device
+    /// continues a snapshot, whose connections did not survive it.
+    reset_pending: bool,
 }
 
 impl VsockWorker {
@@ -41,14 +49,50 @@ impl VsockWorker {
         else {
             return Err(ActivateError::QueueCount { got, want: 3 });
         };
-        Ok(Self {
+        let mut worker = Self {
             mem: activation.mem,
             rx: rx.queue,
             tx: tx.queue,
+            event: event.queue,
             notify: [rx.notify, tx.notify, event.notify],
             interrupt: activation.interrupt,
             muxer,
-        })
+            reset_pending: activation.resumed,
+        };
+        worker.process_event();
+        Ok(worker)
+    }
+
+    /// Tells the driver, once it has given an event buffer, that every
+    /// connection is gone (after a restore): it resets its sockets and
+    /// reads the guest CID again, and its listeners stay.
+    pub fn process_event(&mut self) {
+        if !self.reset_pending || self.interrupt.needs_reset() {
+            return;
+        }
+        let mut chain = match queue::pop(&mut self.event, &self.mem) {
+            Ok(Some(chain)) => chain,
+            Ok(None) => return, // told when the driver adds a buffer
+            Err(e) => return self.interrupt.fail(&e),
+        };
+        let head = chain.head_index();
+        let event = EVENT_TRANSPORT_RESET.to_le_bytes();
+        let written = match chain.find(|d| d.is_write_only() && d.len() as usize >= event.len()) {
+            Some(d) => self
+                .mem
+                .write_slice(&event, d.addr())
+                .map(|()| 4)
+                .unwrap_or(0),
+            None => 0,
+        };
+        if written == 0 {
+            tracing::debug!("vsock: event buffer too small, transport reset not sent");
+        }
+        self.reset_pending = false;
+        if let Err(e) = self.event.add_used(&self.mem, head, written) {
+            tracing::warn!("vsock: event used ring: {e}");
+        }
+        self.interrupt.signal_used();
     }
 
     /// Open connections (for tests and diagnostics).
@@ -150,10 +194,13 @@ impl WorkerLoop for VsockWorker {
 
     fn handle(&mut self, _poller: &Poller, token: u64, _events: EventSet) {
         match token {
-            TOKEN_RX | TOKEN_EVENT => {
-                // New RX buffers are used below; event-queue buffers are
-                // kept for events this device never sends.
-                let _ = self.notify[token as usize].read();
+            TOKEN_RX => {
+                // New RX buffers are used below.
+                let _ = self.notify[0].read();
+            }
+            TOKEN_EVENT => {
+                let _ = self.notify[2].read();
+                self.process_event();
             }
             TOKEN_TX => {
                 let _ = self.notify[1].read();
