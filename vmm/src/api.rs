@@ -33,6 +33,19 @@ pub enum VmmAction {
     Configure(VmConfig),
     /// Builds the VM and runs its vCPUs.
     Start,
+    /// Builds the VM from the snapshot in `dir` instead of booting it,
+    /// and runs its vCPUs from where the snapshot left them. The
+    /// configuration must describe the snapshot's machine
+    /// ([`GuestView`](crate::snapshot::GuestView)); the host side of its
+    /// devices (disk paths, the vsock socket) is the configuration's.
+    Restore {
+        dir: std::path::PathBuf,
+    },
+    /// Writes a snapshot of the paused VM into `dir`, which must not
+    /// exist ([`crate::snapshot`]); the VM stays paused.
+    Snapshot {
+        dir: std::path::PathBuf,
+    },
     Pause,
     Resume,
     /// Ends the VM; [`ExitReason::Stopped`](crate::ExitReason::Stopped).
@@ -70,6 +83,8 @@ impl VmmAction {
         match self {
             VmmAction::Configure(_) => "configure",
             VmmAction::Start => "start",
+            VmmAction::Restore { .. } => "restore",
+            VmmAction::Snapshot { .. } => "snapshot",
             VmmAction::Pause => "pause",
             VmmAction::Resume => "resume",
             VmmAction::Stop => "stop",
@@ -120,6 +135,8 @@ pub enum VmmError {
     Device(#[from] DeviceError),
     #[error("cannot confine the VMM thread: {0}")]
     Confine(#[from] skiff_confine::ConfineError),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 impl VmState {
@@ -138,7 +155,8 @@ impl VmState {
                 | VmmAction::RemoveDevice { .. },
             ) => Some(self),
             (Unconfigured | Configured, VmmAction::Configure(_)) => Some(Configured),
-            (Configured, VmmAction::Start) => Some(Running),
+            (Configured, VmmAction::Start | VmmAction::Restore { .. }) => Some(Running),
+            (Paused, VmmAction::Snapshot { .. }) => Some(Paused),
             (Running, VmmAction::Pause) => Some(Paused),
             (Paused, VmmAction::Resume) => Some(Running),
             (Running | Paused, VmmAction::Stop) => Some(Exited),
@@ -179,6 +197,8 @@ mod tests {
             VmmAction::Resume,
             VmmAction::Stop,
             VmmAction::GetState,
+            VmmAction::Restore { dir: "s".into() },
+            VmmAction::Snapshot { dir: "s".into() },
             VmmAction::ConnectVsock { port: 1 },
             VmmAction::RemoveDevice { slot: 0 },
         ]
@@ -244,6 +264,22 @@ mod tests {
             for state in [Unconfigured, Configured, Exited] {
                 assert!(state.after(&action).is_err(), "{action:?} in {state:?}");
             }
+        }
+    }
+
+    #[test]
+    fn snapshots_only_of_a_paused_vm_and_restores_instead_of_a_start() {
+        let snapshot = VmmAction::Snapshot { dir: "s".into() };
+        assert_eq!(Paused.after(&snapshot).unwrap(), Paused);
+        for state in [Unconfigured, Configured, Running, Exited] {
+            assert!(state.after(&snapshot).is_err(), "snapshot in {state:?}");
+        }
+        let err = Running.after(&snapshot).unwrap_err().to_string();
+        assert_eq!(err, "cannot snapshot a VM that is Running");
+        let restore = VmmAction::Restore { dir: "s".into() };
+        assert_eq!(Configured.after(&restore).unwrap(), Running);
+        for state in [Unconfigured, Running, Paused, Exited] {
+            assert!(state.after(&restore).is_err(), "restore in {state:?}");
         }
     }
 

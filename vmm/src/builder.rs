@@ -1,5 +1,8 @@
-//! Builds a bootable machine from a [`VmConfig`]: VM and memory, kernel,
-//! initrd and boot structures, legacy devices, configured vCPUs.
+//! Builds a machine from a [`VmConfig`]: VM and memory, kernel, initrd and
+//! boot structures, legacy devices, configured vCPUs; or, from a snapshot,
+//! the same machine with its memory mapped from the snapshot and every
+//! piece of state written back ([`Machine::restore`]). Takes snapshots of a
+//! paused machine ([`Machine::snapshot`]).
 //!
 //! Nothing here starts guest code; [`Machine::start`] does. Every resource
 //! is owned by the returned value, so an error part-way drops what was
@@ -8,7 +11,9 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use std::path::Path;
+
+use kvm_bindings::{kvm_cpuid_entry2, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::Kvm;
 use skiff_confine::Confinement;
 use skiff_devices::legacy::{
@@ -26,6 +31,7 @@ use crate::console_log::ConsoleLog;
 use crate::device_manager::{DeviceError, DeviceManager, MmioSlot};
 use crate::exit::{ExitReason, ExitSender};
 use crate::loader::{self, LoadError};
+use crate::snapshot::{self, GuestView, SnapshotError, VmSnapshot};
 use crate::timeline::{Milestone, Timeline};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuHandle, VcpuStopper};
 use crate::vstate::vm::{Vm, VmError};
@@ -67,6 +73,8 @@ pub enum BuildError {
     EventFd(std::io::Error),
     #[error(transparent)]
     Devices(#[from] DeviceError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
 }
 
 fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
@@ -82,6 +90,10 @@ pub struct Machine {
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
     devices: DeviceManager,
+    /// What a snapshot of this machine records for its restore checks: as
+    /// the machine was booted, or as its own snapshot said.
+    guest: GuestView,
+    cpuid: Vec<kvm_cpuid_entry2>,
     vm: Vm,
 }
 
@@ -100,10 +112,45 @@ impl Machine {
         exits: &ExitSender,
         confinement: &Confinement,
     ) -> Result<Machine, BuildError> {
+        Self::create(config, None, timeline, exits, confinement)
+    }
+
+    /// Creates the machine the snapshot in `dir` was taken of, its guest
+    /// where it was, after checking that `config` describes the same
+    /// machine; the host side of each device comes from `config`.
+    pub fn restore(
+        config: &VmConfig,
+        dir: &Path,
+        timeline: &Arc<Timeline>,
+        exits: &ExitSender,
+        confinement: &Confinement,
+    ) -> Result<Machine, BuildError> {
+        Self::create(config, Some(dir), timeline, exits, confinement)
+    }
+
+    fn create(
+        config: &VmConfig,
+        snapshot_dir: Option<&Path>,
+        timeline: &Arc<Timeline>,
+        exits: &ExitSender,
+        confinement: &Confinement,
+    ) -> Result<Machine, BuildError> {
         let kvm = Kvm::new().map_err(BuildError::Kvm)?;
         config.validate(max_vcpus(&kvm))?;
         let ram_size = config.memory_mib << 20;
-        let vm = Vm::new(&kvm, ram_size)?;
+        let here = GuestView::of(config)?;
+        let saved = snapshot_dir.map(snapshot::read_state).transpose()?;
+        let vm = match (&saved, snapshot_dir) {
+            (Some(saved), Some(dir)) => {
+                saved.guest.check(&here)?;
+                let memory =
+                    snapshot::memory::map(&dir.join(snapshot::MEMORY_FILE), &saved.memory)?;
+                let vm = Vm::with_memory(&kvm, memory, ram_size)?;
+                vm.restore_state(&saved.vm)?;
+                vm
+            }
+            _ => Vm::new(&kvm, ram_size)?,
+        };
         timeline.mark(Milestone::VmCreated);
 
         let mmio_bus = Arc::new(Bus::new());
@@ -113,45 +160,30 @@ impl Machine {
             &config.devices,
             config.hotplug_slots,
             confinement,
+            saved.as_ref().map(|s| s.slots.as_slice()),
         )?;
-        let virtio_cmdline = devices.kernel_params();
-
-        let mem = vm.memory();
-        let kernel = loader::load_kernel(mem, ram_size, &config.kernel)?;
-        let initrd = config
-            .initrd
-            .as_deref()
-            .map(|path| loader::load_initrd(mem, ram_size, &kernel, path))
-            .transpose()?;
-        let mut cmdline = with_virtio_devices(&config.cmdline, &virtio_cmdline).into_bytes();
-        let max = layout::CMDLINE_MAX_SIZE - 1;
-        if cmdline.len() > max {
-            return Err(ConfigError::CmdlineTooLong {
-                len: cmdline.len(),
-                max,
-            }
-            .into());
+        let boot = match &saved {
+            None => Some(load_guest(&vm, config, &devices.kernel_params())?),
+            Some(_) => None,
+        };
+        if boot.is_some() {
+            timeline.mark(Milestone::KernelLoaded);
         }
-        cmdline.push(0);
-        mem.write_slice(&cmdline, GuestAddress(layout::CMDLINE_START))
-            .map_err(BuildError::Cmdline)?;
-        match kernel.boot {
-            boot::BootProtocol::Pvh { .. } => boot::write_pvh_start_info(mem, ram_size, initrd)?,
-            boot::BootProtocol::Linux64 { .. } => {
-                boot::write_identity_page_tables(mem)?;
-                boot::write_boot_params(mem, ram_size, kernel.setup_header, cmdline.len(), initrd)?;
-            }
-        }
-        mptable::write(mem, config.vcpus)?;
-        timeline.mark(Milestone::KernelLoaded);
 
         let io_bus = Arc::new(Bus::new());
-        let serial = attach_legacy_devices(&vm, &io_bus, config, timeline, exits)?;
+        let serial_state = saved.as_ref().map(|s| &s.serial);
+        let serial = attach_legacy_devices(&vm, &io_bus, config, serial_state, timeline, exits)?;
 
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
+        let msr_indices: Arc<[u32]> = kvm
+            .get_msr_index_list()
+            .map_err(kvm_call("KVM_GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .into();
         let mut vcpus = Vec::with_capacity(config.vcpus.into());
+        let mut cpuid0 = Vec::new();
         for index in 0..config.vcpus {
             let fd = vm
                 .fd()
@@ -159,13 +191,34 @@ impl Machine {
                 .map_err(kvm_call("KVM_CREATE_VCPU"))?;
             let mut cpuid = supported.clone();
             cpuid::configure(&mut cpuid, index, config.vcpus);
-            fd.set_cpuid2(&cpuid).map_err(kvm_call("KVM_SET_CPUID2"))?;
-            regs::setup_msrs(&fd)?;
-            regs::setup_fpu(&fd)?;
-            regs::setup_lapic(&fd)?;
             if index == 0 {
-                regs::setup_regs(&fd, kernel.boot)?;
-                regs::setup_sregs(mem, &fd, kernel.boot)?;
+                cpuid0 = cpuid.as_slice().to_vec();
+                if let Some(saved) = &saved {
+                    saved.check_cpuid(&cpuid0)?;
+                }
+            }
+            fd.set_cpuid2(&cpuid).map_err(kvm_call("KVM_SET_CPUID2"))?;
+            match (&saved, boot) {
+                (Some(saved), _) => {
+                    let state = saved.vcpus.get(usize::from(index)).ok_or_else(|| {
+                        SnapshotError::Mismatch {
+                            what: "vCPU states".into(),
+                            saved: saved.vcpus.len().to_string(),
+                            here: config.vcpus.to_string(),
+                        }
+                    })?;
+                    state.restore(&fd, index).map_err(SnapshotError::from)?;
+                }
+                (None, Some(boot)) => {
+                    regs::setup_msrs(&fd)?;
+                    regs::setup_fpu(&fd)?;
+                    regs::setup_lapic(&fd)?;
+                    if index == 0 {
+                        regs::setup_regs(&fd, boot)?;
+                        regs::setup_sregs(vm.memory(), &fd, boot)?;
+                    }
+                }
+                (None, None) => unreachable!("a machine is booted or restored"),
             }
             vcpus.push(Vcpu {
                 fd,
@@ -175,8 +228,16 @@ impl Machine {
                 exits: exits.clone(),
                 timeline: timeline.clone(),
                 confinement: confinement.clone(),
+                msr_indices: msr_indices.clone(),
             });
         }
+        let (guest, cpuid) = match saved {
+            Some(saved) => {
+                timeline.mark(Milestone::Restored);
+                (saved.guest, saved.cpuid)
+            }
+            None => (here, cpuid0),
+        };
 
         Ok(Machine {
             vcpu_handles: Vec::new(),
@@ -185,8 +246,57 @@ impl Machine {
             io_bus,
             mmio_bus,
             devices,
+            guest,
+            cpuid,
             vm,
         })
+    }
+
+    /// Writes a snapshot of the paused machine into `dir`, which must not
+    /// exist. The devices are stopped while memory is written and started
+    /// again afterwards, so the machine can run on; a vsock device's
+    /// connections do not survive that (the guest is told, as after a
+    /// restore). On error nothing is left in `dir`.
+    pub fn snapshot(&mut self, dir: &Path) -> Result<(), SnapshotError> {
+        snapshot::create_dir(dir)?;
+        let result = self.write_snapshot(dir);
+        if result.is_err() {
+            for file in [
+                snapshot::MEMORY_FILE,
+                snapshot::STATE_FILE,
+                "state.json.tmp",
+            ] {
+                let _ = std::fs::remove_file(dir.join(file));
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        result
+    }
+
+    fn write_snapshot(&mut self, dir: &Path) -> Result<(), SnapshotError> {
+        let vcpus = self
+            .vcpu_handles
+            .iter()
+            .map(VcpuHandle::save)
+            .collect::<Result<Vec<_>, _>>()?;
+        let vm = self.vm.save_state()?;
+        let serial = self.serial.lock().unwrap_or_else(|e| e.into_inner()).save();
+        let slots = self.devices.save()?;
+        let memory = snapshot::memory::save(self.vm.memory(), &dir.join(snapshot::MEMORY_FILE));
+        // Running again whether or not memory could be written.
+        self.devices.resume();
+        let state = VmSnapshot {
+            format: snapshot::FORMAT_VERSION,
+            skiff: snapshot::SKIFF_VERSION.to_string(),
+            guest: self.guest.clone(),
+            cpuid: self.cpuid.clone(),
+            memory: memory?,
+            vm,
+            vcpus,
+            serial,
+            slots,
+        };
+        snapshot::write_state(dir, &state)
     }
 
     /// Starts every vCPU thread. On error, threads already started are
@@ -274,11 +384,52 @@ fn console_sink(config: &ConsoleConfig) -> Result<Option<Box<dyn Write + Send>>,
     })
 }
 
-/// COM1, the i8042 reset line and the boot timer, on the port bus.
+/// Loads the kernel and initrd and writes the command line (with the
+/// virtio-mmio slots' `virtio_params`) and the boot structures; returns
+/// how vCPU 0 enters the kernel.
+fn load_guest(
+    vm: &Vm,
+    config: &VmConfig,
+    virtio_params: &str,
+) -> Result<boot::BootProtocol, BuildError> {
+    let mem = vm.memory();
+    let ram_size = vm.ram_size();
+    let kernel = loader::load_kernel(mem, ram_size, &config.kernel)?;
+    let initrd = config
+        .initrd
+        .as_deref()
+        .map(|path| loader::load_initrd(mem, ram_size, &kernel, path))
+        .transpose()?;
+    let mut cmdline = with_virtio_devices(&config.cmdline, virtio_params).into_bytes();
+    let max = layout::CMDLINE_MAX_SIZE - 1;
+    if cmdline.len() > max {
+        return Err(ConfigError::CmdlineTooLong {
+            len: cmdline.len(),
+            max,
+        }
+        .into());
+    }
+    cmdline.push(0);
+    mem.write_slice(&cmdline, GuestAddress(layout::CMDLINE_START))
+        .map_err(BuildError::Cmdline)?;
+    match kernel.boot {
+        boot::BootProtocol::Pvh { .. } => boot::write_pvh_start_info(mem, ram_size, initrd)?,
+        boot::BootProtocol::Linux64 { .. } => {
+            boot::write_identity_page_tables(mem)?;
+            boot::write_boot_params(mem, ram_size, kernel.setup_header, cmdline.len(), initrd)?;
+        }
+    }
+    mptable::write(mem, config.vcpus)?;
+    Ok(kernel.boot)
+}
+
+/// COM1 (as a snapshot left it, with `serial_state`), the i8042 reset
+/// line and the boot timer, on the port bus.
 fn attach_legacy_devices(
     vm: &Vm,
     io_bus: &Bus,
     config: &VmConfig,
+    serial_state: Option<&skiff_devices::legacy::SerialSnapshot>,
     timeline: &Arc<Timeline>,
     exits: &ExitSender,
 ) -> Result<Arc<Mutex<SerialConsole>>, BuildError> {
@@ -288,10 +439,20 @@ fn attach_legacy_devices(
     let watcher = PanicWatcher::new(Box::new(move |message| {
         panic_exits.send(ExitReason::KernelPanic(message))
     }));
-    let serial = Arc::new(Mutex::new(SerialConsole::new(
+    let (trigger, output) = (
         EventFdTrigger::new(irq),
         ConsoleOutput::new(console_sink(&config.console)?, watcher),
-    )));
+    );
+    let console = match serial_state {
+        None => SerialConsole::new(trigger, output),
+        Some(state) => {
+            SerialConsole::restore(state, trigger, output).map_err(|e| SnapshotError::Corrupt {
+                path: "state.json".into(),
+                reason: e,
+            })?
+        }
+    };
+    let serial = Arc::new(Mutex::new(console));
     io_bus.insert(serial.clone(), COM1_PORT.into(), SERIAL_PORT_LEN.into())?;
 
     let reset_exits = exits.clone();

@@ -24,7 +24,8 @@ use skiff_devices::virtio::fs::{CacheMode, Fs, FsShare};
 use skiff_devices::virtio::net::{format_mac, Net};
 use skiff_devices::virtio::vsock::{Vsock, VsockConnector};
 use skiff_devices::virtio::{
-    EmptySlot, MmioTransport, VirtioDevice, MMIO_NOTIFY_OFFSET, MMIO_REGION_SIZE, TYPE_VSOCK,
+    EmptySlot, MmioTransport, StateError, TransportState, VirtioDevice, MMIO_NOTIFY_OFFSET,
+    MMIO_REGION_SIZE, TYPE_FS, TYPE_VSOCK,
 };
 use skiff_devices::{Bus, BusError};
 use vmm_sys_util::eventfd::EventFd;
@@ -68,6 +69,16 @@ pub enum DeviceError {
     Bus(#[from] BusError),
     #[error("creating the device: {0}")]
     Launcher(#[from] skiff_confine::ConfineError),
+    #[error("virtio-mmio slot {slot}: {source}")]
+    Restore { slot: u32, source: StateError },
+    #[error("the snapshot has {saved} virtio-mmio slots, this VM has {actual}")]
+    SlotCount { saved: usize, actual: usize },
+    #[error(
+        "slot {slot} holds a hot-added device; a snapshot takes only devices configured at boot"
+    )]
+    HotAddedDevice { slot: u32 },
+    #[error("slot {0} holds a virtio-fs device, which a snapshot cannot take yet")]
+    FsNotSnapshotable(u32),
 }
 
 /// Where a slot is, for the guest and for whoever asked for a device.
@@ -118,33 +129,53 @@ pub struct DeviceManager {
     /// Devices activate, and hot-added ones are created, on its launcher.
     confinement: Confinement,
     slots: Vec<Option<Arc<Mutex<MmioTransport>>>>,
+    /// How many of the first slots hold the devices configured at boot.
+    boot_devices: usize,
     handles: DeviceHandles,
 }
 
 impl DeviceManager {
     /// Attaches `devices` in the first slots and leaves `hotplug_slots`
-    /// empty ones after them.
+    /// empty ones after them. With `saved` (a snapshot's slots, as
+    /// [`save`](Self::save) returned them), each device continues from
+    /// its saved transport state instead of waiting for its driver.
     pub fn new(
         vm: &Vm,
         mmio_bus: Arc<Bus>,
         devices: &[DeviceConfig],
         hotplug_slots: u8,
         confinement: &Confinement,
+        saved: Option<&[Option<TransportState>]>,
     ) -> Result<Self, DeviceError> {
         let wanted = devices.len() + usize::from(hotplug_slots);
         if wanted > MAX_SLOTS {
             return Err(DeviceError::TooManySlots { wanted });
         }
+        if let Some(saved) = saved {
+            if saved.len() != wanted {
+                return Err(DeviceError::SlotCount {
+                    saved: saved.len(),
+                    actual: wanted,
+                });
+            }
+            // The snapshot took no hot-added device (`save` refuses them).
+            if let Some(slot) = saved[devices.len()..].iter().position(Option::is_some) {
+                let slot = (devices.len() + slot) as u32;
+                return Err(DeviceError::HotAddedDevice { slot });
+            }
+        }
         let mut manager = Self {
             mmio_bus,
             confinement: confinement.clone(),
             slots: Vec::with_capacity(wanted),
+            boot_devices: devices.len(),
             handles: DeviceHandles::default(),
         };
-        for config in devices {
+        for (index, config) in devices.iter().enumerate() {
             let slot = MmioSlot::new(manager.slots.len());
             let device = create_device(config, &mut manager.handles)?;
-            let transport = manager.wire(vm, slot, device)?;
+            let state = saved.and_then(|saved| saved[index].as_ref());
+            let transport = manager.wire(vm, slot, device, state)?;
             manager.slots.push(Some(transport));
         }
         for _ in 0..hotplug_slots {
@@ -189,9 +220,46 @@ impl DeviceManager {
             .run(move || create_device(&owned, &mut DeviceHandles::default()))??;
         // The transport is wired before the placeholder goes, so the guest
         // never finds the window unmapped.
-        let transport = self.wire(vm, slot, device)?;
+        let transport = self.wire(vm, slot, device, None)?;
         self.slots[index] = Some(transport);
         Ok(slot)
+    }
+
+    /// Stops every device and returns each slot's transport state (None
+    /// for an empty slot), for a snapshot of the paused VM. The devices
+    /// stay stopped until [`resume`](Self::resume), so none writes guest
+    /// memory while it is saved.
+    pub fn save(&mut self) -> Result<Vec<Option<TransportState>>, DeviceError> {
+        // Checked before anything stops: a refused snapshot changes nothing.
+        for (index, entry) in self.slots.iter().enumerate() {
+            let Some(transport) = entry else { continue };
+            if index >= self.boot_devices {
+                return Err(DeviceError::HotAddedDevice { slot: index as u32 });
+            }
+            let device_type = transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .device_type();
+            if device_type == TYPE_FS {
+                return Err(DeviceError::FsNotSnapshotable(index as u32));
+            }
+        }
+        Ok(self
+            .slots
+            .iter()
+            .map(|entry| {
+                entry
+                    .as_ref()
+                    .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()).save())
+            })
+            .collect())
+    }
+
+    /// Starts the devices [`save`](Self::save) stopped again.
+    pub fn resume(&mut self) {
+        for transport in self.slots.iter().flatten() {
+            transport.lock().unwrap_or_else(|e| e.into_inner()).resume();
+        }
     }
 
     /// Takes the device out of slot `index` and leaves the slot empty.
@@ -225,17 +293,27 @@ impl DeviceManager {
     }
 
     /// Routes `device`'s interrupt and queue notifications and maps it at
-    /// `slot`, replacing whatever was there; undoes it all on error.
+    /// `slot`, replacing whatever was there; undoes it all on error. With
+    /// `state`, the transport is restored from a snapshot.
     fn wire(
         &self,
         vm: &Vm,
         slot: MmioSlot,
         device: Box<dyn VirtioDevice>,
+        state: Option<&TransportState>,
     ) -> Result<Arc<Mutex<MmioTransport>>, DeviceError> {
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        let (mem, confinement) = (vm.memory().clone(), self.confinement.clone());
         let transport =
-            MmioTransport::new(device, vm.memory().clone(), irqfd, self.confinement.clone())
-                .map_err(DeviceError::EventFd)?;
+            match state {
+                None => MmioTransport::new(device, mem, irqfd, confinement)
+                    .map_err(DeviceError::EventFd)?,
+                Some(state) => MmioTransport::restore(device, mem, irqfd, confinement, state)
+                    .map_err(|source| DeviceError::Restore {
+                        slot: slot.index,
+                        source,
+                    })?,
+            };
         vm.register_irqfd(transport.interrupt().irqfd(), slot.irq)?;
         for (queue, evt) in transport.queue_events().iter().enumerate() {
             let registered = vm.fd().register_ioevent(

@@ -35,6 +35,7 @@ pub mod device_manager;
 pub mod exit;
 pub mod loader;
 pub mod seccomp;
+pub mod snapshot;
 pub mod timeline;
 mod vmm;
 pub mod vstate;

@@ -12,6 +12,8 @@ use serde::Serialize;
 pub enum Milestone {
     VmCreated,
     KernelLoaded,
+    /// The VM was rebuilt from a snapshot (instead of a kernel loaded).
+    Restored,
     FirstKvmRun,
     /// The guest's init wrote the boot timer port.
     GuestInit,
@@ -19,9 +21,10 @@ pub enum Milestone {
 }
 
 impl Milestone {
-    pub const ALL: [Milestone; 5] = [
+    pub const ALL: [Milestone; 6] = [
         Milestone::VmCreated,
         Milestone::KernelLoaded,
+        Milestone::Restored,
         Milestone::FirstKvmRun,
         Milestone::GuestInit,
         Milestone::Exited,
@@ -31,6 +34,7 @@ impl Milestone {
         match self {
             Milestone::VmCreated => "VM created",
             Milestone::KernelLoaded => "kernel loaded",
+            Milestone::Restored => "restored from snapshot",
             Milestone::FirstKvmRun => "first KVM_RUN",
             Milestone::GuestInit => "guest init (boot timer)",
             Milestone::Exited => "VM exited",
@@ -51,7 +55,7 @@ pub struct Mark {
 /// Records each milestone once; safe to call from any thread.
 pub struct Timeline {
     origin: Instant,
-    marks: [OnceLock<Mark>; 5],
+    marks: [OnceLock<Mark>; Milestone::ALL.len()],
     vcpu_cpu_ns: AtomicU64,
 }
 

@@ -208,6 +208,18 @@ impl VmmHandle {
         self.request(VmmAction::Start).map(drop)
     }
 
+    /// Builds the configured VM from the snapshot in `dir` and runs it.
+    pub fn restore(&self, dir: impl Into<std::path::PathBuf>) -> Result<(), VmmError> {
+        self.request(VmmAction::Restore { dir: dir.into() })
+            .map(drop)
+    }
+
+    /// Writes a snapshot of the paused VM into `dir` (which must not exist).
+    pub fn snapshot(&self, dir: impl Into<std::path::PathBuf>) -> Result<(), VmmError> {
+        self.request(VmmAction::Snapshot { dir: dir.into() })
+            .map(drop)
+    }
+
     pub fn pause(&self) -> Result<(), VmmError> {
         self.request(VmmAction::Pause).map(drop)
     }
@@ -428,7 +440,9 @@ impl Controller {
         match action {
             VmmAction::GetState => return Ok(VmmData::State(self.state)),
             VmmAction::Configure(config) => self.config = Some(config),
-            VmmAction::Start => self.start(ops)?,
+            VmmAction::Start => self.start(ops, None)?,
+            VmmAction::Restore { dir } => self.start(ops, Some(dir))?,
+            VmmAction::Snapshot { dir } => self.snapshot(dir)?,
             VmmAction::Pause => self.machine()?.pause()?,
             VmmAction::Resume => self.machine()?.resume()?,
             VmmAction::Stop => self.finish(ExitReason::Stopped),
@@ -474,7 +488,12 @@ impl Controller {
         })
     }
 
-    fn start(&mut self, ops: &mut EventOps) -> Result<(), VmmError> {
+    /// Boots the configured VM, or restores it from the snapshot in `from`.
+    fn start(
+        &mut self,
+        ops: &mut EventOps,
+        from: Option<std::path::PathBuf>,
+    ) -> Result<(), VmmError> {
         let Some(config) = self.config.as_ref() else {
             return Err(VmmError::InvalidState {
                 action: "start",
@@ -482,7 +501,11 @@ impl Controller {
             });
         };
         self.confinement.set_mode(config.seccomp);
-        let mut machine = Machine::build(config, &self.timeline, &self.exits, &self.confinement)?;
+        let (timeline, exits, confinement) = (&self.timeline, &self.exits, &self.confinement);
+        let mut machine = match from {
+            None => Machine::build(config, timeline, exits, confinement)?,
+            Some(dir) => Machine::restore(config, &dir, timeline, exits, confinement)?,
+        };
         machine.start()?;
         *self.vcpus.lock().unwrap_or_else(|e| e.into_inner()) = machine.vcpu_stoppers();
         if config.console == ConsoleConfig::Stdio {
@@ -500,6 +523,37 @@ impl Controller {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// Snapshots the paused machine on the launcher: writing files and
+    /// reading KVM's VM state are not for this confined thread. The
+    /// machine goes there and back, as a device does to be activated.
+    fn snapshot(&mut self, dir: std::path::PathBuf) -> Result<(), VmmError> {
+        let mut machine = self.machine.take().ok_or(VmmError::InvalidState {
+            action: "snapshot",
+            state: self.state,
+        })?;
+        let started = std::time::Instant::now();
+        let done = self.confinement.run(move || {
+            let result = machine.snapshot(&dir);
+            (machine, result)
+        });
+        match done {
+            Ok((machine, result)) => {
+                self.machine = Some(machine);
+                result?;
+                tracing::info!(
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "snapshot written"
+                );
+                Ok(())
+            }
+            // The launcher is gone and the machine with it: the VM is over.
+            Err(e) => {
+                self.finish(ExitReason::Stopped);
+                Err(e.into())
+            }
+        }
     }
 
     fn forward_stdin(&mut self, events: Events, ops: &mut EventOps) {

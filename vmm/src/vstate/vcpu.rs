@@ -23,6 +23,7 @@ use skiff_confine::{join_unless_parked, Confinement, Slot};
 use skiff_devices::Bus;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use super::vcpu_state::{VcpuState, VcpuStateError};
 use crate::exit::ExitReason;
 use crate::timeline::{Milestone, Timeline};
 use crate::ExitSender;
@@ -41,6 +42,8 @@ pub enum VcpuError {
     NoAck(u8, &'static str),
     #[error("vCPU {0} thread has ended")]
     Gone(u8),
+    #[error(transparent)]
+    State(#[from] VcpuStateError),
 }
 
 /// A vCPU before its thread starts.
@@ -52,12 +55,19 @@ pub struct Vcpu {
     pub exits: ExitSender,
     pub timeline: Arc<Timeline>,
     pub confinement: Confinement,
+    /// The MSRs a snapshot saves (KVM's list, read once per VM).
+    pub msr_indices: Arc<[u32]>,
 }
+
+type SaveReply = Sender<Result<VcpuState, VcpuStateError>>;
 
 enum Command {
     Pause,
     Resume,
     Stop,
+    /// Reads the (paused) vCPU's state for a snapshot: on its own thread,
+    /// the one KVM wants vCPU ioctls from.
+    Save(SaveReply),
     /// Makes a syscall no vCPU may (tests of the confinement).
     #[cfg(feature = "test-hooks")]
     ForbiddenSyscall,
@@ -142,13 +152,15 @@ impl Vcpu {
             match commands.try_recv() {
                 Ok(Command::Pause) => {
                     let _ = acks.send(());
-                    if !wait_for_resume(commands, acks) {
+                    if !self.wait_for_resume(commands, acks) {
                         return;
                     }
                 }
                 Ok(Command::Resume) => {
                     let _ = acks.send(());
                 }
+                // Only a paused vCPU is saved; the reply dropped says no.
+                Ok(Command::Save(_)) => {}
                 Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return,
                 #[cfg(feature = "test-hooks")]
                 Ok(Command::ForbiddenSyscall) => forbidden_syscall(),
@@ -167,6 +179,7 @@ impl Vcpu {
                         Command::Pause | Command::Resume => {
                             let _ = acks.send(());
                         }
+                        Command::Save(_) => {}
                         #[cfg(feature = "test-hooks")]
                         Command::ForbiddenSyscall => forbidden_syscall(),
                     }
@@ -258,20 +271,25 @@ impl Vcpu {
     }
 }
 
-/// Blocks while paused; false when told to stop.
-fn wait_for_resume(commands: &Receiver<Command>, acks: &Sender<()>) -> bool {
-    loop {
-        match commands.recv() {
-            Ok(Command::Resume) => {
-                let _ = acks.send(());
-                return true;
+impl Vcpu {
+    /// Blocks while paused; false when told to stop.
+    fn wait_for_resume(&self, commands: &Receiver<Command>, acks: &Sender<()>) -> bool {
+        loop {
+            match commands.recv() {
+                Ok(Command::Resume) => {
+                    let _ = acks.send(());
+                    return true;
+                }
+                Ok(Command::Pause) => {
+                    let _ = acks.send(());
+                }
+                Ok(Command::Save(reply)) => {
+                    let _ = reply.send(VcpuState::save(&self.fd, self.index, &self.msr_indices));
+                }
+                #[cfg(feature = "test-hooks")]
+                Ok(Command::ForbiddenSyscall) => forbidden_syscall(),
+                Ok(Command::Stop) | Err(_) => return false,
             }
-            Ok(Command::Pause) => {
-                let _ = acks.send(());
-            }
-            #[cfg(feature = "test-hooks")]
-            Ok(Command::ForbiddenSyscall) => forbidden_syscall(),
-            Ok(Command::Stop) | Err(_) => return false,
         }
     }
 }
@@ -296,6 +314,19 @@ impl VcpuHandle {
 
     pub fn resume(&self) -> Result<(), VcpuError> {
         self.command(Command::Resume, "resume")
+    }
+
+    /// The state of the paused vCPU, read on its thread.
+    pub fn save(&self) -> Result<VcpuState, VcpuError> {
+        let (reply, state) = channel();
+        self.commands
+            .send(Command::Save(reply))
+            .map_err(|_| VcpuError::Gone(self.index))?;
+        match state.recv_timeout(ACK_TIMEOUT) {
+            Ok(state) => Ok(state?),
+            Err(RecvTimeoutError::Timeout) => Err(VcpuError::NoAck(self.index, "save")),
+            Err(RecvTimeoutError::Disconnected) => Err(VcpuError::Gone(self.index)),
+        }
     }
 
     /// Has the thread make a syscall no vCPU may (tests of the

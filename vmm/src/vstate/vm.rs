@@ -1,9 +1,16 @@
-//! The KVM VM: guest memory, in-kernel irqchip and PIT.
+//! The KVM VM: guest memory, in-kernel irqchip and PIT, and their state
+//! at a snapshot.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_CLOCK_TSC_STABLE, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
+
+use serde::{Deserialize, Serialize};
 
 use crate::arch::layout::{ram_regions, KVM_TSS_ADDRESS};
 
@@ -26,6 +33,17 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
+/// The in-kernel devices' state: the PIT, the KVM clock and the two PICs
+/// and the IOAPIC of the irqchip.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct VmKvmState {
+    pub pit: kvm_pit_state2,
+    pub clock: kvm_clock_data,
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+}
+
 /// A VM with its memory registered and its interrupt controllers created.
 pub struct Vm {
     fd: VmFd,
@@ -44,7 +62,16 @@ impl Vm {
             mib: ram_size >> 20,
             source,
         })?;
+        Self::with_memory(hypervisor, memory, ram_size)
+    }
 
+    /// Creates the VM over `memory` (a snapshot's, mapped from its file),
+    /// laid out as [`ram_regions`] lays out `ram_size` bytes.
+    pub fn with_memory(
+        hypervisor: &Kvm,
+        memory: GuestMemoryMmap,
+        ram_size: u64,
+    ) -> Result<Self, VmError> {
         let fd = hypervisor.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
         fd.set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(kvm("KVM_SET_TSS_ADDR"))?;
@@ -79,6 +106,43 @@ impl Vm {
             memory,
             ram_size,
         })
+    }
+
+    /// Reads the in-kernel devices' state (vCPUs paused).
+    pub fn save_state(&self) -> Result<VmKvmState, VmError> {
+        let chip = |id| -> Result<kvm_irqchip, VmError> {
+            let mut chip = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut chip)
+                .map_err(kvm("KVM_GET_IRQCHIP"))?;
+            Ok(chip)
+        };
+        Ok(VmKvmState {
+            pit: self.fd.get_pit2().map_err(kvm("KVM_GET_PIT2"))?,
+            clock: self.fd.get_clock().map_err(kvm("KVM_GET_CLOCK"))?,
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+        })
+    }
+
+    /// Writes a snapshot's in-kernel device state, before any vCPU runs.
+    pub fn restore_state(&self, state: &VmKvmState) -> Result<(), VmError> {
+        self.fd.set_pit2(&state.pit).map_err(kvm("KVM_SET_PIT2"))?;
+        // The clock continues from the snapshot; whether the TSC is
+        // stable is for this host's KVM to say (KVM_SET_CLOCK refuses it).
+        let clock = kvm_clock_data {
+            flags: state.clock.flags & !KVM_CLOCK_TSC_STABLE,
+            ..state.clock
+        };
+        self.fd.set_clock(&clock).map_err(kvm("KVM_SET_CLOCK"))?;
+        for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
+            self.fd.set_irqchip(chip).map_err(kvm("KVM_SET_IRQCHIP"))?;
+        }
+        Ok(())
     }
 
     pub fn fd(&self) -> &VmFd {
