@@ -9,14 +9,25 @@
 
 use std::os::fd::RawFd;
 
-use kvm_bindings::{kvm_ioeventfd, kvm_irqfd, kvm_regs, kvm_sregs, KVMIO};
+use kvm_bindings::{
+    kvm_debugregs, kvm_ioeventfd, kvm_irqfd, kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_regs,
+    kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, KVMIO,
+};
 use skiff_confine::{with_common, Allowed, Check, ThreadPolicy};
 use vmm_sys_util::signal::SIGRTMIN;
-use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
 ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+// What a snapshot reads of a paused vCPU (`vstate::vcpu_state`).
+ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
 ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
 ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
 
@@ -35,12 +46,21 @@ pub fn vcpu(vcpu_fd: RawFd) -> ThreadPolicy {
     let on_fd = |nr| vec![Check::Eq(0, vcpu_fd as u32), request(nr)];
     ThreadPolicy {
         allowed: with_common(vec![
-            // KVM_RUN on its own vCPU only; the registers only to describe
-            // a triple fault or an internal error.
+            // KVM_RUN on its own vCPU only; the registers to describe a
+            // triple fault or an internal error, and with the rest of the
+            // KVM_GET_* calls, to save the paused vCPU for a snapshot. The
+            // KVM_SET_* calls of a restore run before the filter.
             ioctl(vec![
                 on_fd(KVM_RUN()),
                 on_fd(KVM_GET_REGS()),
                 on_fd(KVM_GET_SREGS()),
+                on_fd(KVM_GET_MSRS()),
+                on_fd(KVM_GET_LAPIC()),
+                on_fd(KVM_GET_MP_STATE()),
+                on_fd(KVM_GET_VCPU_EVENTS()),
+                on_fd(KVM_GET_DEBUGREGS()),
+                on_fd(KVM_GET_XSAVE()),
+                on_fd(KVM_GET_XCRS()),
             ]),
             // The console log's rotation (`console_log`): rename, then the
             // same append-only open as at build time.
@@ -106,6 +126,13 @@ mod tests {
         assert_eq!(KVM_RUN(), 0xAE80);
         assert_eq!(KVM_GET_REGS(), 0x8090_AE81);
         assert_eq!(KVM_GET_SREGS(), 0x8138_AE83);
+        assert_eq!(KVM_GET_MSRS(), 0xC008_AE88);
+        assert_eq!(KVM_GET_LAPIC(), 0x8400_AE8E);
+        assert_eq!(KVM_GET_MP_STATE(), 0x8004_AE98);
+        assert_eq!(KVM_GET_VCPU_EVENTS(), 0x8040_AE9F);
+        assert_eq!(KVM_GET_DEBUGREGS(), 0x8080_AEA1);
+        assert_eq!(KVM_GET_XSAVE(), 0x9000_AEA4);
+        assert_eq!(KVM_GET_XCRS(), 0x8188_AEA6);
         assert_eq!(KVM_IRQFD(), 0x4020_AE76);
         assert_eq!(KVM_IOEVENTFD(), 0x4040_AE79);
     }
