@@ -1,12 +1,13 @@
 //! vm-run's command line: the clap definition and the value parsers that
-//! turn `--disk`, `--net`, `--vsock`, `--fs` and `--console` strings into
-//! the VMM's configuration types.
+//! turn `--disk`, `--net`, `--vsock`, `--fs`, `--console` and
+//! `--snapshot-after` strings into the VMM's configuration types.
 //!
 //! The flag syntax lives here, not in the VMM, because it is vm-run's
 //! interface: the runtime builds the same types from its own
 //! configuration and never sees these strings.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use skiff_vmm::config::{parse_mac, BlockConfig, FsCache, FsConfig, NetConfig, VsockConfig};
@@ -61,6 +62,15 @@ pub struct Args {
     /// (no filters, no capability drops, no virtio-fs jail).
     #[arg(long, default_value = "enforce", value_name = "enforce|log|off")]
     pub seccomp: SeccompMode,
+    /// Once WHEN comes (a number of seconds after the start, or
+    /// `console:TEXT`: once the console file holds TEXT), pause the VM,
+    /// write a snapshot of it into DIR (which must not exist) and stop.
+    #[arg(long, num_args = 2, value_names = ["WHEN", "DIR"])]
+    pub snapshot_after: Vec<String>,
+    /// Build the VM from the snapshot in DIR instead of booting it. The
+    /// other flags must describe the VM the snapshot was taken of.
+    #[arg(long, value_name = "DIR")]
+    pub restore: Option<PathBuf>,
     /// Stop the VM and fail after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
@@ -98,6 +108,32 @@ pub enum FlagError {
     TagTooLong(String),
     #[error("cache `{0}` is not never, auto or always")]
     Cache(String),
+    #[error("`{0}` is neither a number of seconds nor console:TEXT")]
+    SnapshotWhen(String),
+}
+
+/// When `--snapshot-after` takes its snapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SnapshotWhen {
+    /// This long after the VM started (or was restored).
+    After(Duration),
+    /// Once the console file holds this text.
+    Console(String),
+}
+
+/// `--snapshot-after WHEN`: `SECONDS` or `console:TEXT`.
+pub fn parse_snapshot_when(value: &str) -> Result<SnapshotWhen, FlagError> {
+    let refused = || FlagError::SnapshotWhen(value.to_string());
+    match value.strip_prefix("console:") {
+        Some("") => Err(refused()),
+        Some(text) => Ok(SnapshotWhen::Console(text.to_string())),
+        None => value
+            .parse::<f64>()
+            .ok()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .map(SnapshotWhen::After)
+            .ok_or_else(refused),
+    }
 }
 
 /// `--console stdio|off|file:PATH`.
@@ -300,6 +336,31 @@ mod tests {
         );
         assert!(parse_console("file:").is_err());
         assert!(err(parse_console("serial")).contains("not a console"));
+    }
+
+    #[test]
+    fn parses_snapshot_when() {
+        assert_eq!(
+            parse_snapshot_when("1.5"),
+            Ok(SnapshotWhen::After(Duration::from_millis(1500)))
+        );
+        assert_eq!(
+            parse_snapshot_when("console:count 3"),
+            Ok(SnapshotWhen::Console("count 3".into()))
+        );
+        for bad in ["", "-1", "soon", "console:", "inf"] {
+            assert!(
+                err(parse_snapshot_when(bad)).contains("console:TEXT"),
+                "{bad}"
+            );
+        }
+        let args =
+            Args::try_parse_from(["vm-run", "--kernel", "k", "--snapshot-after", "3", "/tmp/s"])
+                .unwrap();
+        assert_eq!(args.snapshot_after, ["3", "/tmp/s"]);
+        assert!(
+            Args::try_parse_from(["vm-run", "--kernel", "k", "--snapshot-after", "3"]).is_err()
+        );
     }
 
     /// Flag values reach the VMM types through clap, with the flag named

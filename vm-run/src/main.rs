@@ -10,9 +10,15 @@
 //! `src/vmm`: the flags ([`flags`]), logging set-up and reporting are
 //! here; the library only takes a [`VmConfig`]. The guest command line
 //! defaults to this project's profile (`skiff_guest_abi::cmdline`).
+//!
+//! `--snapshot-after WHEN DIR` pauses the VM, writes a snapshot and stops
+//! (exit status 0 once the snapshot is written); `--restore DIR` builds
+//! the VM from one instead of booting it.
 
 mod flags;
 
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -23,9 +29,9 @@ use skiff_vmm::builder::BuildError;
 use skiff_vmm::config::{host_has_hardware_virt, DeviceConfig};
 use skiff_vmm::loader::LoadError;
 use skiff_vmm::timeline::{Milestone, TimelineReport};
-use skiff_vmm::{DeviceError, ExitReason, VmConfig, VmmError, VmmHandle};
+use skiff_vmm::{ConsoleConfig, DeviceError, ExitReason, VmConfig, VmmError, VmmHandle};
 
-use flags::Args;
+use flags::{Args, SnapshotWhen};
 
 const EXIT_FAILURE: u8 = 2;
 
@@ -45,6 +51,19 @@ enum RunError {
     },
     #[error("timeout: the guest was still running after {0} s")]
     TimedOut(f64),
+    #[error("--snapshot-after: {0}")]
+    SnapshotWhen(flags::FlagError),
+    #[error("--snapshot-after console:TEXT needs --console file:PATH to watch")]
+    SnapshotNeedsConsoleFile,
+    #[error("--snapshot-after: {0} already exists; a snapshot goes into a new directory")]
+    SnapshotDirExists(PathBuf),
+    #[error("the guest ended before the snapshot was taken: {0}")]
+    EndedBeforeSnapshot(ExitReason),
+    #[error("--snapshot-after: cannot read the console file {path}: {source}")]
+    ConsoleRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The guest ended some other way than shutting down.
     #[error("{0}")]
     Guest(ExitReason),
@@ -101,18 +120,33 @@ fn run(args: Args, origin: Instant) -> Result<(), RunError> {
         hotplug_slots: 0,
         seccomp: args.seccomp,
     };
+    let snapshot = snapshot_plan(&args.snapshot_after, &config.console)?;
+    let console = config.console.clone();
 
     let vmm = VmmHandle::spawn(origin)?;
     vmm.configure(config)?;
-    vmm.start()?;
+    match &args.restore {
+        Some(dir) => vmm.restore(dir)?,
+        None => vmm.start()?,
+    }
 
-    let (reason, timeline, timed_out) = match vmm.wait_exit(timeout) {
+    let mut snapshot_ms = None;
+    let ended = match &snapshot {
+        Some((when, dir)) => {
+            wait_for(&vmm, when, &console, timeout)?;
+            snapshot_ms = Some(take_snapshot(&vmm, dir)?);
+            let _ = vmm.stop();
+            None
+        }
+        None => vmm.wait_exit(timeout),
+    };
+    let (reason, timeline, timed_out) = match ended {
         Some(exit) => (exit.reason, exit.timeline, false),
         None => {
             let _ = vmm.stop();
             let exit = vmm.wait_exit(Some(Duration::from_secs(30)));
             let timeline = exit.map(|e| e.timeline).unwrap_or_else(|| vmm.timeline());
-            (ExitReason::Stopped, timeline, true)
+            (ExitReason::Stopped, timeline, snapshot.is_none())
         }
     };
     drop(vmm);
@@ -129,6 +163,7 @@ fn run(args: Args, origin: Instant) -> Result<(), RunError> {
             "timeline": timeline,
             "vmm_cpu_ms": timeline.vmm_cpu_ms(),
             "peak_rss_kib": peak_rss_kib(),
+            "snapshot_ms": snapshot_ms,
         });
         eprintln!("{json}");
     }
@@ -136,10 +171,132 @@ fn run(args: Args, origin: Instant) -> Result<(), RunError> {
         let secs = timeout.map(|t| t.as_secs_f64()).unwrap_or_default();
         return Err(RunError::TimedOut(secs));
     }
-    if reason.is_clean() {
+    if reason.is_clean() || snapshot_ms.is_some() {
         Ok(())
     } else {
         Err(RunError::Guest(reason))
+    }
+}
+
+/// `--snapshot-after WHEN DIR`, checked before anything boots.
+fn snapshot_plan(
+    values: &[String],
+    console: &ConsoleConfig,
+) -> Result<Option<(SnapshotWhen, PathBuf)>, RunError> {
+    // clap takes exactly two values or none.
+    let [when, dir] = values else {
+        return Ok(None);
+    };
+    let when = flags::parse_snapshot_when(when).map_err(RunError::SnapshotWhen)?;
+    if matches!(when, SnapshotWhen::Console(_)) && !matches!(console, ConsoleConfig::File(_)) {
+        return Err(RunError::SnapshotNeedsConsoleFile);
+    }
+    let dir = PathBuf::from(dir);
+    if dir.symlink_metadata().is_ok() {
+        return Err(RunError::SnapshotDirExists(dir));
+    }
+    Ok(Some((when, dir)))
+}
+
+/// How often a wait for the snapshot's moment looks again.
+const SNAPSHOT_POLL: Duration = Duration::from_millis(20);
+
+/// Waits until `when`, failing if the guest ends or `timeout` passes first.
+fn wait_for(
+    vmm: &VmmHandle,
+    when: &SnapshotWhen,
+    console: &ConsoleConfig,
+    timeout: Option<Duration>,
+) -> Result<(), RunError> {
+    let started = Instant::now();
+    let mut watch = match (when, console) {
+        (SnapshotWhen::Console(text), ConsoleConfig::File(path)) => {
+            Some(ConsoleWatch::new(path, text.as_str()))
+        }
+        _ => None,
+    };
+    loop {
+        if let Some(exit) = vmm.wait_exit(Some(SNAPSHOT_POLL)) {
+            return Err(RunError::EndedBeforeSnapshot(exit.reason));
+        }
+        let due = match (when, watch.as_mut()) {
+            (SnapshotWhen::After(after), _) => started.elapsed() >= *after,
+            (_, Some(watch)) => watch.seen()?,
+            (SnapshotWhen::Console(_), None) => return Err(RunError::SnapshotNeedsConsoleFile),
+        };
+        if due {
+            return Ok(());
+        }
+        if let Some(t) = timeout.filter(|t| started.elapsed() >= *t) {
+            return Err(RunError::TimedOut(t.as_secs_f64()));
+        }
+    }
+}
+
+/// Pauses the VM and writes its snapshot; returns the ms the snapshot took.
+fn take_snapshot(vmm: &VmmHandle, dir: &Path) -> Result<f64, RunError> {
+    vmm.pause()?;
+    let started = Instant::now();
+    vmm.snapshot(dir)?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    eprintln!(
+        "vm-run: snapshot written to {} in {ms:.1} ms",
+        dir.display()
+    );
+    Ok(ms)
+}
+
+/// Looks for a text in a console file as it grows, reading each byte once
+/// (the file is rotated past its limit: then it starts again from 0).
+struct ConsoleWatch {
+    path: PathBuf,
+    text: Vec<u8>,
+    offset: u64,
+    /// The end of what was read, as long as the text less one byte, so a
+    /// text split between two reads is still found.
+    tail: Vec<u8>,
+}
+
+impl ConsoleWatch {
+    fn new(path: &Path, text: &str) -> Self {
+        ConsoleWatch {
+            path: path.to_path_buf(),
+            text: text.as_bytes().to_vec(),
+            offset: 0,
+            tail: Vec::new(),
+        }
+    }
+
+    fn seen(&mut self) -> Result<bool, RunError> {
+        let read_error = |source| RunError::ConsoleRead {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            // Not written yet.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(read_error(e)),
+        };
+        let len = file.metadata().map_err(read_error)?.len();
+        if len < self.offset {
+            self.offset = 0;
+            self.tail.clear();
+        }
+        file.seek(SeekFrom::Start(self.offset))
+            .map_err(read_error)?;
+        let mut window = std::mem::take(&mut self.tail);
+        let read = (&mut file)
+            .take(len - self.offset)
+            .read_to_end(&mut window)
+            .map_err(read_error)?;
+        self.offset += read as u64;
+        if window.windows(self.text.len()).any(|w| w == self.text) {
+            return Ok(true);
+        }
+        let keep = window.len().saturating_sub(self.text.len() - 1);
+        self.tail = window.split_off(keep);
+        Ok(false)
     }
 }
 
@@ -211,6 +368,49 @@ fn peak_rss_kib() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watches_a_console_file_for_a_text() {
+        let dir = std::env::temp_dir().join(format!("vm-run-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("console");
+        let mut watch = ConsoleWatch::new(&path, "count 3");
+        assert!(!watch.seen().unwrap(), "no file yet");
+        std::fs::write(&path, "count 1\ncou").unwrap();
+        assert!(!watch.seen().unwrap());
+        std::fs::write(&path, "count 1\ncount 2\ncount").unwrap();
+        assert!(!watch.seen().unwrap());
+        std::fs::write(&path, "count 1\ncount 2\ncount 3").unwrap();
+        assert!(watch.seen().unwrap(), "found across two reads");
+        // Rotated: a shorter file is read again from its start.
+        let mut watch = ConsoleWatch::new(&path, "count 9");
+        assert!(!watch.seen().unwrap());
+        std::fs::write(&path, "count 9").unwrap();
+        assert!(watch.seen().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn checks_the_snapshot_flags_before_booting() {
+        let file = ConsoleConfig::File("/tmp/c".into());
+        let plan = |v: &[&str], c: &ConsoleConfig| {
+            let v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+            snapshot_plan(&v, c).map_err(|e| e.to_string())
+        };
+        assert!(plan(&[], &file).unwrap().is_none());
+        assert!(plan(&["2", "/nonexistent/s"], &ConsoleConfig::Off)
+            .unwrap()
+            .is_some());
+        assert!(plan(&["console:x", "/nonexistent/s"], &ConsoleConfig::Off)
+            .unwrap_err()
+            .contains("--console file:"));
+        assert!(plan(&["2", "/"], &file)
+            .unwrap_err()
+            .contains("already exists"));
+        assert!(plan(&["later", "/nonexistent/s"], &file)
+            .unwrap_err()
+            .starts_with("--snapshot-after: `later`"));
+    }
 
     /// The VMM's message stays as it is; vm-run adds the flag to change.
     #[test]
