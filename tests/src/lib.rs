@@ -7,7 +7,9 @@
 
 pub mod containerd;
 
+use std::io::{Read, Write};
 use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -225,4 +227,26 @@ pub fn seccomp_mode() -> skiff_vmm::SeccompMode {
         .ok()
         .map(|m| m.parse().expect("SKIFF_TEST_SECCOMP: enforce, log or off"))
         .unwrap_or_default()
+}
+
+/// Firecracker's hybrid-socket handshake: `CONNECT port` answered by `OK n`.
+pub fn hybrid_connect(socket: &Path, port: u32) -> std::io::Result<UnixStream> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while byte[0] != b'\n' {
+        if stream.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::ConnectionRefused.into());
+        }
+        line.push(byte[0]);
+    }
+    assert!(
+        line.starts_with(b"OK "),
+        "{}",
+        String::from_utf8_lossy(&line)
+    );
+    stream.set_read_timeout(None)?;
+    Ok(stream)
 }

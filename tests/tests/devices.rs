@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use skiff_guest_abi::cmdline::{append_init_args, default_cmdline};
-use skiff_tests::{debug_initramfs, kernel, make_ext4, Scratch};
+use skiff_tests::{debug_initramfs, hybrid_connect, kernel, make_ext4, Scratch};
 use skiff_vmm::config::{
     host_has_hardware_virt, BlockConfig, DeviceConfig, FsCache, FsConfig, NetConfig, VsockConfig,
 };
@@ -161,28 +161,6 @@ fn echo(stream: UnixStream, data: &[u8]) -> Vec<u8> {
     let _ = reader.read_to_end(&mut back);
     sender.join().unwrap();
     back
-}
-
-/// Firecracker's hybrid-socket handshake: `CONNECT port` answered by `OK n`.
-fn hybrid_connect(socket: &Path, port: u32) -> std::io::Result<UnixStream> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut line = Vec::new();
-    let mut byte = [0u8];
-    while byte[0] != b'\n' {
-        if stream.read(&mut byte)? == 0 {
-            return Err(std::io::ErrorKind::ConnectionRefused.into());
-        }
-        line.push(byte[0]);
-    }
-    assert!(
-        line.starts_with(b"OK "),
-        "{}",
-        String::from_utf8_lossy(&line)
-    );
-    stream.set_read_timeout(None)?;
-    Ok(stream)
 }
 
 /// Retries `connect` until the guest listens (refusals are quick), while
