@@ -94,9 +94,12 @@ pub struct FileId {
 }
 
 impl FileId {
-    pub fn of(path: &Path) -> Result<Self, SnapshotError> {
+    /// `what` names the file in an error ("read kernel"), as the loader
+    /// would: a missing kernel is reported the same whether or not the VM
+    /// is restored.
+    pub fn of(path: &Path, what: &'static str) -> Result<Self, SnapshotError> {
         let meta = std::fs::metadata(path).map_err(|source| SnapshotError::Io {
-            what: "read",
+            what,
             path: path.to_owned(),
             source,
         })?;
@@ -143,8 +146,10 @@ pub struct GuestView {
 impl GuestView {
     pub fn of(config: &VmConfig) -> Result<Self, SnapshotError> {
         Ok(Self {
-            kernel: FileId::of(&config.kernel)?,
-            initrd: config.initrd.as_deref().map(FileId::of).transpose()?,
+            kernel: FileId::of(&config.kernel, "read kernel")?,
+            initrd: (config.initrd.as_deref())
+                .map(|p| FileId::of(p, "read initrd"))
+                .transpose()?,
             cmdline: config.cmdline.clone(),
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
