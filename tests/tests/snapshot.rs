@@ -1,15 +1,18 @@
 //! Snapshot and restore of a real guest through vm-run: one boot of the
 //! debug guest, a snapshot of it once it has counted to 3, broken copies
 //! of that snapshot refused with the reason named, then a restore that
-//! goes on counting, writing its disk and answering on vsock.
+//! goes on counting, writing its disk, mounting its virtio-fs share and
+//! answering on vsock; a snapshot of a guest that has mounted its share is
+//! refused.
 //!
 //! The guest counts on its console and writes each count to a disk with
-//! `dd conv=fsync`; `vsock-test` listens for one echo connection. Every
-//! restore uses the same kernel, initrd, command line, memory and devices
-//! as the boot (a snapshot is only restored into the VM it was taken of);
-//! the vsock socket and the console file are the restoring run's own, the
-//! disk image is the same file (the guest's page cache expects what it
-//! wrote).
+//! `dd conv=fsync`; at count 6 (after the snapshot) it mounts the share
+//! and prints the file `hello` in it; `vsock-test` listens for one echo
+//! connection. Every restore uses the same kernel, initrd, command line,
+//! memory and devices as the boot (a snapshot is only restored into the VM
+//! it was taken of); the vsock socket, the console file and the shared
+//! directory are the restoring run's own, the disk image is the same file
+//! (the guest's page cache expects what it wrote).
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -24,13 +27,15 @@ const ECHO_PORT: u32 = 1024;
 const MEMORY_MIB: &str = "256";
 const GUEST: &str = "vsock-test -l 1024:1 & i=0; while [ $i -lt 100000 ]; do i=$((i+1)); \
                      echo count $i; echo count $i | dd of=/dev/vda conv=fsync 2>/dev/null; \
-                     sleep 1; done";
+                     if [ $i = 6 ]; then mkdir -p /mnt/s; mount -t virtiofs snapfs /mnt/s; \
+                     cat /mnt/s/hello; fi; sleep 1; done";
 
 /// vm-run's flags for this guest, with the host ends of its devices in
 /// `run` (a directory of the scratch space per run) and `kernel` as given.
 fn flags(scratch: &Scratch, run: &str, kernel: &Path) -> Vec<String> {
     let dir = scratch.path(run);
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(dir.join("share")).unwrap();
+    std::fs::write(dir.join("share/hello"), format!("the share of {run}\n")).unwrap();
     let path = |name: &str| dir.join(name).display().to_string();
     [
         "--kernel".into(),
@@ -43,6 +48,8 @@ fn flags(scratch: &Scratch, run: &str, kernel: &Path) -> Vec<String> {
         format!("path={}", scratch.path("disk.img").display()),
         "--vsock".into(),
         format!("cid=3,socket={}", path("vsock.sock")),
+        "--fs".into(),
+        format!("tag=snapfs,path={}", path("share")),
         "--console".into(),
         format!("file:{}", path("console.log")),
         "--json".into(),
@@ -245,6 +252,43 @@ fn a_restored_guest_goes_on_counting_with_its_disk_and_vsock() {
     stream.read_to_end(&mut echoed).unwrap();
     assert_eq!(echoed, b"hello after restore");
 
+    // The share restored unmounted is mounted from the restoring VM's
+    // directory.
+    let console = || {
+        std::fs::read_to_string(scratch.path("restored").join("console.log")).unwrap_or_default()
+    };
+    while !console().contains("the share of restored") {
+        assert!(
+            Instant::now() < deadline,
+            "the restored guest did not read its share:\n{}",
+            console()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(!console().contains("the share of boot"));
     child.kill().unwrap();
     child.wait().unwrap();
+
+    // A guest that has mounted its share cannot be snapshotted: its FUSE
+    // session is not saved.
+    let mut again = flags(&scratch, "again", &kernel());
+    again.extend([
+        "--restore".into(),
+        snapshot.display().to_string(),
+        "--snapshot-after".into(),
+        "console:the share of again".into(),
+        scratch.path("snap-mounted").display().to_string(),
+    ]);
+    let run = vm_run(&strs(&with_guest(again)));
+    assert_ne!(run.status, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("its FUSE session has started (the guest has mounted the share)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !scratch.path("snap-mounted").exists(),
+        "a refused snapshot leaves its directory"
+    );
 }

@@ -25,7 +25,7 @@ use skiff_devices::virtio::net::{format_mac, Net};
 use skiff_devices::virtio::vsock::{Vsock, VsockConnector};
 use skiff_devices::virtio::{
     EmptySlot, MmioTransport, StateError, TransportState, VirtioDevice, MMIO_NOTIFY_OFFSET,
-    MMIO_REGION_SIZE, TYPE_FS, TYPE_VSOCK,
+    MMIO_REGION_SIZE, TYPE_VSOCK,
 };
 use skiff_devices::{Bus, BusError};
 use vmm_sys_util::eventfd::EventFd;
@@ -77,8 +77,8 @@ pub enum DeviceError {
         "slot {slot} holds a hot-added device; a snapshot takes only devices configured at boot"
     )]
     HotAddedDevice { slot: u32 },
-    #[error("slot {0} holds a virtio-fs device, which a snapshot cannot take yet")]
-    FsNotSnapshotable(u32),
+    #[error("a snapshot cannot take the device in slot {slot}: {why}")]
+    NotSnapshotable { slot: u32, why: &'static str },
 }
 
 /// Where a slot is, for the guest and for whoever asked for a device.
@@ -236,12 +236,15 @@ impl DeviceManager {
             if index >= self.boot_devices {
                 return Err(DeviceError::HotAddedDevice { slot: index as u32 });
             }
-            let device_type = transport
+            let blocker = transport
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .device_type();
-            if device_type == TYPE_FS {
-                return Err(DeviceError::FsNotSnapshotable(index as u32));
+                .snapshot_blocker();
+            if let Some(why) = blocker {
+                return Err(DeviceError::NotSnapshotable {
+                    slot: index as u32,
+                    why,
+                });
             }
         }
         Ok(self

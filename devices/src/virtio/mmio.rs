@@ -232,6 +232,11 @@ impl MmioTransport {
         self.device.device_type()
     }
 
+    /// Why a snapshot cannot take the device now ([`VirtioDevice::snapshot_blocker`]).
+    pub fn snapshot_blocker(&self) -> Option<&'static str> {
+        self.device.snapshot_blocker()
+    }
+
     fn offered_features(&self) -> u64 {
         self.device.features() | F_VERSION_1
     }

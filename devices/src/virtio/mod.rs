@@ -179,6 +179,12 @@ pub trait VirtioDevice: Send {
     /// Stops the data path and returns once its worker has ended; the
     /// device can be activated again afterwards.
     fn reset(&mut self);
+    /// Why a snapshot cannot take this device now, if it cannot: the
+    /// transport state and the queues are all a snapshot saves of a
+    /// device, so a device that holds more (a FUSE session) says so.
+    fn snapshot_blocker(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Stands in a transport for its device while the launcher activates it

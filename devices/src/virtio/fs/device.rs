@@ -1,6 +1,8 @@
 //! The virtio-fs device: identity, config space and activation.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use super::worker::FsWorker;
 use super::{FsError, FsShare, FuseServer};
@@ -24,6 +26,10 @@ pub struct Fs {
     share: FsShare,
     config: [u8; CONFIG_SPACE_SIZE],
     worker: Option<Worker>,
+    /// Set by the worker once the driver sends a request (FUSE_INIT comes
+    /// first): from then on the passthrough holds the guest's inodes and
+    /// handles, which a snapshot does not save, so it refuses the device.
+    session_started: Arc<AtomicBool>,
 }
 
 impl Fs {
@@ -45,6 +51,7 @@ impl Fs {
             share,
             config,
             worker: None,
+            session_started: Arc::default(),
         })
     }
 
@@ -96,6 +103,7 @@ impl VirtioDevice for Fs {
             activation.queues,
             activation.interrupt,
             self.share.clone(),
+            self.session_started.clone(),
         );
         self.worker = Some(Worker::spawn("virtio-fs", work, &activation.confinement)?);
         Ok(())
@@ -105,6 +113,12 @@ impl VirtioDevice for Fs {
         // Dropping the worker joins its thread and closes every fd the
         // passthrough opened for the guest.
         self.worker = None;
+    }
+
+    fn snapshot_blocker(&self) -> Option<&'static str> {
+        self.session_started
+            .load(Ordering::Acquire)
+            .then_some("its FUSE session has started (the guest has mounted the share)")
     }
 }
 
@@ -201,12 +215,15 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let mut fs = Fs::new(share(dir.as_path(), false)).unwrap();
         let mem = memory();
-        for _ in 0..2 {
+        for round in 0..2 {
             let hiprio = Driver::new(&mem, 0, 0x10_0000);
             let mut request = Driver::new(&mem, 0x4000, 0x20_0000);
             let (activation, notifies) = activation(&mem, &[&hiprio, &request]);
             let interrupt = activation.interrupt.clone();
             fs.activate(activation).unwrap();
+            // An activated share without a request can be snapshotted
+            // (a template's, never mounted); one mounted, never again.
+            assert_eq!(fs.snapshot_blocker().is_some(), round > 0);
 
             let reply = request.init_request();
             notifies[1].write(1).unwrap();
@@ -218,6 +235,7 @@ mod tests {
             }
             assert_eq!(request.take_used().len(), 1);
             assert_eq!(request.out_header(reply).error, 0);
+            assert!(fs.snapshot_blocker().is_some());
             // Reset joins the worker; the next round activates afresh.
             fs.reset();
         }

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use vm_memory::GuestMemoryMmap;
@@ -24,6 +25,8 @@ pub(super) struct FsWorker {
     share: FsShare,
     /// Built on the worker thread, in its jail ([`WorkerLoop::on_start`]).
     server: Option<FuseServer>,
+    /// The device's: set at the driver's first notification.
+    session_started: Arc<AtomicBool>,
 }
 
 impl FsWorker {
@@ -32,6 +35,7 @@ impl FsWorker {
         queues: Vec<ActiveQueue>,
         interrupt: Arc<Interrupt>,
         share: FsShare,
+        session_started: Arc<AtomicBool>,
     ) -> Self {
         Self {
             mem,
@@ -39,6 +43,7 @@ impl FsWorker {
             interrupt,
             share,
             server: None,
+            session_started,
         }
     }
 }
@@ -85,6 +90,7 @@ impl WorkerLoop for FsWorker {
             return;
         };
         let _ = active.notify.read();
+        self.session_started.store(true, Ordering::Release);
         if server.process_queue(
             &self.mem,
             &mut active.queue,
