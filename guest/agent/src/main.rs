@@ -5,6 +5,7 @@
 mod cgroup;
 mod config;
 mod container;
+mod entropy;
 mod files;
 mod hotplug;
 mod init;

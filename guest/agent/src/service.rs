@@ -170,6 +170,18 @@ impl AgentService for Service {
         Ok(Empty::new())
     }
 
+    fn reseed_random_dev(&self, _: &TtrpcContext, req: ReseedRandomDevRequest) -> R<Empty> {
+        crate::entropy::reseed(&req.data).map_err(|e| {
+            tracing::warn!("request failed: {e}");
+            let code = match e {
+                crate::entropy::EntropyError::Size { .. } => Code::INVALID_ARGUMENT,
+                _ => Code::INTERNAL,
+            };
+            status(code, e)
+        })?;
+        Ok(Empty::new())
+    }
+
     fn check(&self, _: &TtrpcContext, _: CheckRequest) -> R<HealthCheckResponse> {
         let mut r = HealthCheckResponse::new();
         r.status = health_check_response::ServingStatus::SERVING.into();
