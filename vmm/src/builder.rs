@@ -154,7 +154,7 @@ impl Machine {
         timeline.mark(Milestone::VmCreated);
 
         let mmio_bus = Arc::new(Bus::new());
-        let devices = DeviceManager::new(
+        let mut devices = DeviceManager::new(
             &vm,
             mmio_bus.clone(),
             &config.devices,
@@ -233,12 +233,14 @@ impl Machine {
         }
         let (guest, cpuid) = match saved {
             Some(saved) => {
+                // Restored devices start only now that every vCPU is: see
+                // `MmioTransport::restore`.
+                devices.resume();
                 timeline.mark(Milestone::Restored);
                 (saved.guest, saved.cpuid)
             }
             None => (here, cpuid0),
         };
-
         Ok(Machine {
             vcpu_handles: Vec::new(),
             vcpus,

@@ -258,7 +258,8 @@ impl DeviceManager {
             .collect())
     }
 
-    /// Starts the devices [`save`](Self::save) stopped again.
+    /// Starts the devices [`save`](Self::save) stopped again, or those
+    /// restored from a snapshot.
     pub fn resume(&mut self) {
         for transport in self.slots.iter().flatten() {
             transport.lock().unwrap_or_else(|e| e.into_inner()).resume();

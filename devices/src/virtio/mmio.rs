@@ -113,9 +113,9 @@ impl MmioTransport {
     }
 
     /// A transport for `device` as `state` left it: the registers, the
-    /// pending interrupt causes and, when the device ran, the device
-    /// started again on its queues where they stood, told that it
-    /// continues a snapshot ([`Activation::resumed`]).
+    /// pending interrupt causes and, when the device ran, its queues where
+    /// they stood, checked; [`resume`](Self::resume) starts the device on
+    /// them, told that it continues a snapshot ([`Activation::resumed`]).
     pub fn restore(
         device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
@@ -150,13 +150,19 @@ impl MmioTransport {
         t.interrupt
             .restore(state.interrupt_status, state.needs_reset);
         if state.active {
-            let queues = t
-                .queues
-                .iter()
-                .map(|q| Queue::try_from(q.state()))
-                .collect();
-            t.start_device(queues, true)
-                .map_err(|why| StateError::Start { device_type, why })?;
+            // Checked now, started by `resume` once the whole machine is
+            // restored: a worker started earlier could interrupt a vCPU
+            // whose LAPIC is not restored yet, and the interrupt (a vsock
+            // TRANSPORT_RESET) would be lost until the next one.
+            for (index, queue) in t.queues.iter().enumerate() {
+                if !t.usable(queue) {
+                    return Err(StateError::Start {
+                        device_type,
+                        why: format!("queue {index} unusable"),
+                    });
+                }
+            }
+            t.saved_queues = Some(state.queues.clone());
         }
         Ok(t)
     }
@@ -375,6 +381,11 @@ impl MmioTransport {
 
     /// Hands `queues` (the driver's, or a snapshot's) to the device, once
     /// each is found usable in guest memory.
+    /// Whether the driver set `queue` up so that a device can use it.
+    fn usable(&self, queue: &Queue) -> bool {
+        queue.ready() && queue.is_valid(&self.mem) && !super::queue::rings_overlap(queue)
+    }
+
     fn start_device(
         &mut self,
         queues: Vec<Result<Queue, virtio_queue::Error>>,
@@ -382,9 +393,7 @@ impl MmioTransport {
     ) -> Result<(), String> {
         let mut active = Vec::with_capacity(queues.len());
         for (index, (queue, evt)) in queues.into_iter().zip(&self.queue_evts).enumerate() {
-            let usable = queue
-                .ok()
-                .filter(|q| q.ready() && q.is_valid(&self.mem) && !super::queue::rings_overlap(q));
+            let usable = queue.ok().filter(|q| self.usable(q));
             let Some(mut queue) = usable else {
                 return Err(format!("queue {index} unusable"));
             };
@@ -771,7 +780,7 @@ mod tests {
     }
 
     #[test]
-    fn a_saved_transport_restores_with_its_device_running_where_it_stood() {
+    fn a_saved_transport_restores_and_resumes_its_device_where_it_stood() {
         let (mut t, log) = transport(false);
         bring_up(&mut t, 1 << 3);
         // The device published 5 used entries on queue 0, 2 on queue 1.
@@ -801,6 +810,9 @@ mod tests {
             &state,
         )
         .unwrap();
+        // Started only when the machine around it is restored too.
+        assert!(log2.lock().unwrap().starts.is_empty());
+        restored.resume();
         assert_eq!(log2.lock().unwrap().starts, vec![(true, vec![5, 2])]);
         assert_eq!(r(&mut restored, reg::STATUS), r(&mut t, reg::STATUS));
         assert_eq!(
