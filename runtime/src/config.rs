@@ -47,6 +47,7 @@ pub struct RuntimeConfig {
     pub hypervisor: HypervisorConfig,
     pub shared_fs: SharedFsConfig,
     pub agent: AgentConfig,
+    pub factory: FactoryConfig,
     pub log: LogConfig,
 }
 
@@ -153,6 +154,32 @@ impl Default for AgentConfig {
     }
 }
 
+/// Where templates are kept by default: on the host's tmpfs, so the memory
+/// file of a template is page cache that every VM restored from it maps.
+pub const DEFAULT_TEMPLATE_DIR: &str = "/run/skiff/templates";
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FactoryConfig {
+    /// Start each sandbox by restoring a template VM (booted once until
+    /// its agent answered, then snapshotted) instead of booting it
+    /// (docs/ARCHITECTURE.md, "Sandbox templates"). Off until it has been
+    /// proven on hardware.
+    pub template: bool,
+    /// Where the templates are kept: root-only, and never inside anything
+    /// a guest can write.
+    pub template_dir: PathBuf,
+}
+
+impl Default for FactoryConfig {
+    fn default() -> Self {
+        Self {
+            template: false,
+            template_dir: DEFAULT_TEMPLATE_DIR.into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -239,6 +266,12 @@ impl RuntimeConfig {
                 "agent timeouts must be at least 1 second".into(),
             ));
         }
+        if !self.factory.template_dir.is_absolute() {
+            return Err(ConfigError::Invalid(format!(
+                "factory.template_dir = {:?} must be an absolute path",
+                self.factory.template_dir
+            )));
+        }
         self.shared_fs.cache_policy()?;
         if !SHARED_FS_TMPFS_MIB.contains(&self.shared_fs.tmpfs_size_mib) {
             return Err(ConfigError::Invalid(format!(
@@ -270,6 +303,7 @@ mod tests {
         );
         assert_eq!(parsed.shared_fs, defaults.shared_fs);
         assert_eq!(parsed.agent, defaults.agent);
+        assert_eq!(parsed.factory, defaults.factory);
         assert_eq!(parsed.log, defaults.log);
     }
 
@@ -324,6 +358,11 @@ mod tests {
         }
         config.shared_fs.tmpfs_size_mib = 64;
         config.validate().unwrap();
+        config.factory.template_dir = "templates".into();
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "configuration: factory.template_dir = \"templates\" must be an absolute path"
+        );
 
         let mut config = RuntimeConfig::default();
         config.shared_fs.cache = "sometimes".into();

@@ -1,8 +1,11 @@
 //! containerd-shim-skiff-v2: containerd's runtime v2 shim for Skiff
 //! (runtime type `io.containerd.skiff.v2`, task API v2). One shim process
-//! per pod; the pod's VM runs inside it, booted by Skiff's VMM.
+//! per pod; the pod's VM runs inside it, booted by Skiff's VMM. Run as
+//! `containerd-shim-skiff-v2 factory ...` it manages sandbox templates
+//! instead (factory.rs).
 
 mod bootstrap;
+mod factory;
 mod info;
 mod logging;
 mod options;
@@ -15,6 +18,9 @@ use std::io::Write;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if factory::requested(&args) {
+        std::process::exit(factory::run(&args));
+    }
     if info::requested(&args) {
         let answer = info::answer(&stdin::read());
         let mut out = std::io::stdout().lock();

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use skiff_agent_protocol::agent::{
     CheckRequest, ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DeviceRequest,
     Empty, ExecProcessRequest, GuestDevice, Interface, ProcessRequest, ReadStreamRequest,
-    RemoveContainerRequest, Routes, SetGuestDateTimeRequest, SignalProcessRequest,
-    StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest, WriteStreamRequest,
+    RemoveContainerRequest, ReseedRandomDevRequest, Routes, SetGuestDateTimeRequest,
+    SignalProcessRequest, StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest,
+    WriteStreamRequest,
 };
 use skiff_agent_protocol::agent_ttrpc::AgentServiceClient;
 use skiff_agent_protocol::ttrpc::{self, context::Context};
@@ -142,6 +143,16 @@ impl Agent for AgentClient {
         named(
             "SetGuestDateTime",
             self.client.set_guest_date_time(self.ctx(), &req),
+            drop,
+        )
+    }
+
+    fn reseed_random_dev(&self, data: Vec<u8>) -> AgentResult<()> {
+        let mut req = ReseedRandomDevRequest::new();
+        req.data = data;
+        named(
+            "ReseedRandomDev",
+            self.client.reseed_random_dev(self.ctx(), &req),
             drop,
         )
     }

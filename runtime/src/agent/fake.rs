@@ -129,6 +129,10 @@ impl Agent for FakeAgent {
         self.enter("SetGuestDateTime", String::new()).map(drop)
     }
 
+    fn reseed_random_dev(&self, _data: Vec<u8>) -> AgentResult<()> {
+        self.enter("ReseedRandomDev", String::new()).map(drop)
+    }
+
     fn update_interface(&self, iface: Interface) -> AgentResult<Interface> {
         drop(self.enter("UpdateInterface", iface.name.clone())?);
         Ok(iface)

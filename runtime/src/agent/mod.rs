@@ -82,6 +82,9 @@ pub trait Agent: Send + Sync {
     /// Asks the guest to power off; waits at most `timeout` for the answer.
     fn destroy_sandbox(&self, timeout: Duration) -> AgentResult<()>;
     fn set_guest_date_time(&self, seconds: i64, microseconds: i64) -> AgentResult<()>;
+    /// Mixes `data` (fresh host entropy) into the guest's RNG and reseeds
+    /// its CRNG from it.
+    fn reseed_random_dev(&self, data: Vec<u8>) -> AgentResult<()>;
     /// Configures the guest interface `iface` names (by MAC, or `lo`);
     /// returns it as the guest named it.
     fn update_interface(&self, iface: Interface) -> AgentResult<Interface>;

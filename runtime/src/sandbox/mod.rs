@@ -7,6 +7,8 @@
 //! - [`state_dir`]: `/run/skiff/sbs/<id>/`, its claim, its share's tmpfs
 //!   and its removal (also after a dead shim);
 //! - [`vm`]: the VM's configuration, the VMM thread, the VM exit watcher;
+//! - [`template`]: the templates a sandbox is restored from instead of
+//!   booted (`[factory] template = true`);
 //! - [`containers`]: sharing a container in and out;
 //! - [`devices`]: the host block devices hot-added for containers;
 //! - [`crate::pod_net`]: the pod network, from discovery to teardown;
@@ -15,8 +17,11 @@
 mod containers;
 mod devices;
 mod state_dir;
+mod template;
 mod vm;
 
+use std::io::Read;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,9 +32,10 @@ use skiff_vmm::{VmmError, VmmHandle};
 
 pub use devices::check_host_devices;
 pub use state_dir::{cleanup_dead_sandbox, Cleanup};
+pub use template::{Template, TemplateError, TemplateInfo, TemplateStore};
 pub use vm::SHARE_TAG;
 
-use crate::agent::{self, Agent, AgentError};
+use crate::agent::{self, Agent, AgentClient, AgentError};
 use crate::cgroup::{CgroupError, SandboxCgroup};
 use crate::config::{ConfigError, RuntimeConfig};
 use crate::persist::{PersistError, SandboxState};
@@ -40,6 +46,9 @@ use crate::spec::SpecError;
 
 /// Where the guest mounts the shared directory.
 pub const GUEST_SHARE_DIR: &str = "/run/skiff/shared";
+/// Bytes of host entropy a restored guest's RNG is reseeded with (512
+/// bits: twice the CRNG's key).
+const RESEED_BYTES: usize = 64;
 /// How long a powering-off guest has to answer, then to end.
 const POWER_OFF_ANSWER: Duration = Duration::from_secs(5);
 const POWER_OFF_EXIT: Duration = Duration::from_secs(10);
@@ -77,6 +86,10 @@ pub enum SandboxError {
     },
     #[error("VMM: {0}")]
     Vmm(#[from] VmmError),
+    #[error("sandbox template: {0}")]
+    Template(#[from] TemplateError),
+    #[error("read host entropy from /dev/urandom: {0}")]
+    Entropy(std::io::Error),
     #[error(
         "the guest agent did not answer within {secs} s (VM {state}); guest console:\n{console}"
     )]
@@ -142,8 +155,9 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Boots the sandbox and waits for its agent. On error nothing is
-    /// left: no VM, tap, mount or state directory.
+    /// Boots the sandbox (or restores it from its template) and waits for
+    /// its agent. On error nothing is left: no VM, tap, mount or state
+    /// directory.
     pub fn boot(req: SandboxSpec<'_>) -> Result<Self, SandboxError> {
         let SandboxSpec {
             id,
@@ -154,6 +168,14 @@ impl Sandbox {
             origin,
         } = req;
         config.validate()?;
+        // Found or built before the pod's cgroup is joined: a template is
+        // no one pod's (template.rs).
+        let template = if config.factory.template {
+            let store = TemplateStore::new(&config.factory);
+            Some((store.get_or_build(config)?, store))
+        } else {
+            None
+        };
         let dir = state_dir::claim(id)?;
         let mut undo = state_dir::Undo(Some(&dir));
         // Before the VM exists, so all of it is charged there.
@@ -162,7 +184,13 @@ impl Sandbox {
             None => None,
         };
         let share = state_dir::mount_share(&dir, &config.shared_fs)?;
-        let vm_config = vm::config(config, &dir, share.path(), network.as_ref())?;
+        let (vm_config, interfaces) = match template {
+            Some(_) => vm::restored_config(config, &dir, share.path(), network.as_ref())?,
+            None => (
+                vm::config(config, &dir, share.path(), network.as_ref())?,
+                Vec::new(),
+            ),
+        };
         let state = SandboxState {
             sandbox_id: id.into(),
             shim_pid: std::process::id(),
@@ -183,23 +211,21 @@ impl Sandbox {
         }
         let vmm = vm::spawn(network.as_ref(), origin)?;
         vmm.configure(vm_config)?;
-        vmm.start()?;
-        // The VMM made the taps when the VM started.
+        let mut interface_slots = Vec::new();
+        match &template {
+            None => vmm.start()?,
+            Some((template, store)) => {
+                restore(&vmm, store, template, config, id)?;
+                for interface in interfaces {
+                    interface_slots.push(vmm.add_device(interface)?.index);
+                }
+            }
+        }
+        // The VMM made the taps when the VM started or took them in.
         if let Some(net) = &network {
             pod_net::connect(net)?;
         }
-        let boot_timeout = Duration::from_secs(config.agent.boot_timeout_secs);
-        let request_timeout = Duration::from_secs(config.agent.request_timeout_secs);
-        let (agent, agent_stream) =
-            agent::connect(&vmm, boot_timeout, request_timeout).map_err(|e| match e {
-                agent::ConnectError::Vmm(e) => SandboxError::Vmm(e),
-                agent::ConnectError::Agent(e) => SandboxError::Agent(e),
-                agent::ConnectError::Timeout { secs, state } => SandboxError::AgentTimeout {
-                    secs,
-                    state: format!("{state:?}"),
-                    console: vm::console_tail(&dir),
-                },
-            })?;
+        let (agent, agent_stream) = connect_agent(&vmm, config, &dir)?;
         let timeline = vm::timeline(&vmm, origin);
         let sandbox = Self {
             id: id.into(),
@@ -212,6 +238,14 @@ impl Sandbox {
             block_devices: devices::BlockDevices::default(),
             cgroup: Mutex::new(cgroup),
         };
+        if template.is_some() {
+            // First: until now the guest's RNG is the template's, which
+            // every sandbox restored from it shares.
+            sandbox.agent.reseed_random_dev(host_entropy()?)?;
+            for slot in interface_slots {
+                sandbox.agent.add_device(slot)?;
+            }
+        }
         sandbox.set_guest_clock()?;
         let mut storage = Storage::new();
         storage.driver = StorageDriver::STORAGE_DRIVER_VIRTIO_FS.into();
@@ -272,6 +306,55 @@ impl Sandbox {
         }
         state_dir::remove(&self.dir)
     }
+}
+
+/// Restores the configured VM from `template`; a template the VMM refuses
+/// (it names why) is rebuilt once and restored from again.
+fn restore(
+    vmm: &VmmHandle,
+    store: &TemplateStore,
+    template: &Template,
+    config: &RuntimeConfig,
+    id: &str,
+) -> Result<(), SandboxError> {
+    let Err(refused) = vmm.restore(&template.dir) else {
+        return Ok(());
+    };
+    tracing::warn!(
+        "sandbox {id}: template {} refused ({refused}); rebuilding it",
+        template.key
+    );
+    let rebuilt = store.rebuild(config, template)?;
+    Ok(vmm.restore(&rebuilt.dir)?)
+}
+
+/// Waits for the agent of the VM whose state directory is `dir`; an agent
+/// that never answers is reported with the guest console's last lines.
+fn connect_agent(
+    vmm: &VmmHandle,
+    config: &RuntimeConfig,
+    dir: &Path,
+) -> Result<(AgentClient, UnixStream), SandboxError> {
+    let boot_timeout = Duration::from_secs(config.agent.boot_timeout_secs);
+    let request_timeout = Duration::from_secs(config.agent.request_timeout_secs);
+    agent::connect(vmm, boot_timeout, request_timeout).map_err(|e| match e {
+        agent::ConnectError::Vmm(e) => SandboxError::Vmm(e),
+        agent::ConnectError::Agent(e) => SandboxError::Agent(e),
+        agent::ConnectError::Timeout { secs, state } => SandboxError::AgentTimeout {
+            secs,
+            state: format!("{state:?}"),
+            console: vm::console_tail(dir),
+        },
+    })
+}
+
+/// Fresh bytes from the host's CRNG for a restored guest's.
+fn host_entropy() -> Result<Vec<u8>, SandboxError> {
+    let mut bytes = vec![0; RESEED_BYTES];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(SandboxError::Entropy)?;
+    Ok(bytes)
 }
 
 /// The VM exit watcher holds the VMM too: stopping the VM here ends it,

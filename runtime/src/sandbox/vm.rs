@@ -1,8 +1,9 @@
 //! The sandbox's VM as the VMM API sees it: its configuration (the guest
 //! kernel's command line and the boot device list, built once here and
-//! checked against the VMM's slots before anything is made for the pod),
-//! the VMM thread started in the pod's network namespace, and the watcher
-//! that reacts when the VM ends on its own.
+//! checked against the VMM's slots before anything is made for the pod;
+//! the same VM without the pod's interfaces when it is restored from a
+//! template), the VMM thread started in the pod's network namespace, and
+//! the watcher that reacts when the VM ends on its own.
 
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -89,6 +90,24 @@ pub(super) fn config(
     })
 }
 
+/// The VM of a sandbox restored from a template, and the pod's interfaces
+/// to hot-add once it runs: the boot devices alone and every other slot
+/// free for hotplug (the interfaces first, then containers' disks), so
+/// nothing in it names the pod and one template serves every pod of a VM
+/// shape. Fails like [`config`] when the interfaces and the configured
+/// hotplug slots do not fit, so both modes take the same pods.
+pub(super) fn restored_config(
+    config: &RuntimeConfig,
+    dir: &Path,
+    share: &Path,
+    net: Option<&PodNetwork>,
+) -> Result<(VmConfig, Vec<DeviceConfig>), SandboxError> {
+    let mut vm = self::config(config, dir, share, net)?;
+    let interfaces = vm.devices.split_off(BOOT_DEVICES);
+    vm.hotplug_slots = (MAX_SLOTS - BOOT_DEVICES) as u8;
+    Ok((vm, interfaces))
+}
+
 /// Starts the VMM in the pod's network namespace, named to the VMM API, so
 /// the taps it opens (and every thread it starts) live there; in this
 /// process's own namespace when the pod has none.
@@ -111,11 +130,16 @@ pub(super) fn timeline(vmm: &VmmHandle, origin: Instant) -> BootTimeline {
     for milestone in [
         Milestone::VmCreated,
         Milestone::KernelLoaded,
+        Milestone::Restored,
         Milestone::FirstKvmRun,
         Milestone::GuestInit,
     ] {
+        let label = match milestone {
+            Milestone::Restored => "restored from template",
+            other => other.label(),
+        };
         if let Some(mark) = report.get(milestone) {
-            timeline.steps.push((milestone.label(), mark.wall_ms));
+            timeline.steps.push((label, mark.wall_ms));
         }
     }
     timeline
@@ -204,6 +228,30 @@ mod tests {
                 MAX_SLOTS + 1
             )
         );
+    }
+
+    #[test]
+    fn a_restored_vm_has_the_boot_devices_and_hot_adds_the_interfaces() {
+        let dir = Path::new("/run/skiff/sbs/x");
+        let mut config = RuntimeConfig::default();
+        let (vm, interfaces) = restored_config(&config, dir, dir, Some(&pod_with(2))).unwrap();
+        assert_eq!(vm.devices.len(), BOOT_DEVICES);
+        assert_eq!(usize::from(vm.hotplug_slots), MAX_SLOTS - BOOT_DEVICES);
+        assert_eq!(interfaces.len(), 2);
+        assert!(interfaces.iter().all(|d| matches!(d, DeviceConfig::Net(_))));
+        // Every pod of a VM shape restores the same machine.
+        let (other, _) = restored_config(&config, dir, dir, None).unwrap();
+        assert_eq!(
+            (&vm.cmdline, vm.hotplug_slots),
+            (&other.cmdline, other.hotplug_slots)
+        );
+        // And both modes take the same pods.
+        config.hypervisor.hotplug_slots = (MAX_SLOTS - BOOT_DEVICES - 2) as u8;
+        restored_config(&config, dir, dir, Some(&pod_with(2))).unwrap();
+        assert!(matches!(
+            restored_config(&config, dir, dir, Some(&pod_with(3))),
+            Err(SandboxError::TooManyDevices { .. })
+        ));
     }
 
     #[test]
