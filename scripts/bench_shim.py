@@ -92,6 +92,16 @@ def wait_running(ctrd, cid, timeout=900):
     raise SystemExit(f"{cid} never ran")
 
 
+def remove(ctrd, cid):
+    """Kills container `cid`'s task and removes it and the container."""
+    ctrd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
+    for _ in range(600):
+        if ctrd.ctr("task", "rm", cid, check=False).returncode == 0:
+            break
+        time.sleep(0.2)
+    ctrd.ctr("containers", "rm", cid, check=False)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
@@ -128,12 +138,7 @@ def main():
             rss = status_kib(pid, "VmRSS")
             guest = guest_ram_rss_kib(pid, args.memory_mib) if rt == SKIFF else 0
             mem[rt] = (rss, guest)
-            ctrd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
-            for _ in range(600):
-                if ctrd.ctr("task", "rm", cid, check=False).returncode == 0:
-                    break
-                time.sleep(0.2)
-            ctrd.ctr("containers", "rm", cid, check=False)
+            remove(ctrd, cid)
     finally:
         ctrd.stop()
         subprocess.run(["rm", "-rf", work])

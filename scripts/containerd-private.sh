@@ -25,7 +25,9 @@
 # The CRI plugin serves runtime.v1 on the same socket; it uses the k8s.io
 # namespace, so import its images (skiff.local/pause:latest, the sandbox
 # image) with `ctr -a SOCK -n k8s.io images import`.  Runtimes: runc
-# (default) and skiff (io.containerd.skiff.v2).
+# (default) and skiff (io.containerd.skiff.v2); with SKIFF_RUNTIME_CONFIG
+# set, the skiff handler passes that Skiff configuration file to its shims
+# (runtime option ConfigPath), e.g. one with `[factory] template = true`.
 #
 # Outside DIR, containerd still uses /run/containerd/s (shim sockets),
 # /run/containerd/fifo (ctr's stdio FIFOs) and /run/containerd/runc/NS for
@@ -160,6 +162,12 @@ cri_runtimes() {
     [$1.runtimes.skiff]
       runtime_type = "io.containerd.skiff.v2"
 EOF
+    if [ -n "${SKIFF_RUNTIME_CONFIG:-}" ]; then
+        cat <<EOF
+      [$1.runtimes.skiff.options]
+        ConfigPath = "$SKIFF_RUNTIME_CONFIG"
+EOF
+    fi
 }
 
 # containerd 1.x.

@@ -144,6 +144,12 @@ pub fn image_archive(name: &str, entrypoint: &[&str]) -> PathBuf {
 impl Containerd {
     /// Starts `release` in `dir` (which must not hold a running one).
     pub fn start(dir: &Path, release: &Release) -> Self {
+        Self::start_with_config(dir, release, None)
+    }
+
+    /// Starts `release` in `dir` with its CRI handler `skiff` passing the
+    /// Skiff configuration file `runtime_config` to its shims.
+    pub fn start_with_config(dir: &Path, release: &Release, runtime_config: Option<&Path>) -> Self {
         let shim = workspace_binary(SHIM);
         let bin_dir = shim.parent().unwrap().to_path_buf();
         let mut cmd = Command::new(script("containerd-private.sh"));
@@ -151,6 +157,10 @@ impl Containerd {
         match &release.dir {
             Some(d) => cmd.env("SKIFF_CONTAINERD_DIR", d),
             None => cmd.env_remove("SKIFF_CONTAINERD_DIR"),
+        };
+        match runtime_config {
+            Some(path) => cmd.env("SKIFF_RUNTIME_CONFIG", path),
+            None => cmd.env_remove("SKIFF_RUNTIME_CONFIG"),
         };
         let out = cmd
             .stderr(Stdio::inherit())

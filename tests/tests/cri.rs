@@ -8,7 +8,9 @@
 //! that nothing is left on the host. Prints each step's time. It runs on
 //! Debian's containerd 1.6 and on a 2.x release when one is unpacked, each
 //! with its default CRI configuration (on 2.x every pod spec then carries
-//! the unprivileged port and ICMP sysctls).
+//! the unprivileged port and ICMP sysctls). The pod is restored from a
+//! sandbox template (`[factory] template = true`, built by the pod itself,
+//! through the handler's ConfigPath): the cold boot is shim.rs's.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -295,7 +297,17 @@ fn cri_pod_with_two_containers_in_one_vm(release: &Release, name: &str) {
     // The bridge plugin leaves its bridge when the last pod goes; this
     // removes it (after containerd, which is dropped first).
     let _bridge = RemoveLink(BRIDGE);
-    let containerd = Containerd::start(&scratch.join("containerd"), release);
+    let runtime_config = scratch.join("skiff.toml");
+    std::fs::write(
+        &runtime_config,
+        format!(
+            "[factory]\ntemplate = true\ntemplate_dir = \"{}\"\n",
+            scratch.join("templates").display()
+        ),
+    )
+    .unwrap();
+    let containerd =
+        Containerd::start_with_config(&scratch.join("containerd"), release, Some(&runtime_config));
     let mut diag = Diagnostics {
         containerd_log: containerd.dir.join("containerd.log"),
         container_logs: logs.clone(),
@@ -375,7 +387,12 @@ fn cri_pod_with_two_containers_in_one_vm(release: &Release, name: &str) {
             .into_inner()
             .pod_sandbox_id;
         diag.pod = Some(pod_id.clone());
-        steps.mark("RunPodSandbox (VM boot)");
+        let log = std::fs::read_to_string(&diag.containerd_log).unwrap_or_default();
+        assert!(
+            log.contains("sandbox template built") && log.contains("restored from template"),
+            "the pod was not restored from a template"
+        );
+        steps.mark("RunPodSandbox (template build + restore)");
         let status = client
             .pod_sandbox_status(req(cri::PodSandboxStatusRequest {
                 pod_sandbox_id: pod_id.clone(),
