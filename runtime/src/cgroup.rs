@@ -15,10 +15,11 @@
 use std::path::{Component, Path, PathBuf};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// The v1 hierarchies the VM's resources are charged in (cpuset needs its
-/// cpus and mems filled in before a process may join; devices and freezer
-/// are for containers).
-const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "blkio"];
+/// The v1 hierarchies the VM's resources are charged in (cpuacct is where
+/// containerd's pod stats read CPU time; cpuset needs its cpus and mems
+/// filled in before a process may join; devices and freezer are for
+/// containers).
+const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "blkio"];
 
 /// Errors joining or leaving the sandbox's cgroup.
 #[derive(Debug, thiserror::Error)]
