@@ -53,6 +53,11 @@ pub struct GuestSpec {
     pub spec: Spec,
     pub binds: Vec<HostBind>,
     pub block_devices: Vec<BlockDevice>,
+    /// The namespaces (`pid`, `ipc`, `uts`) the spec joins by a host
+    /// path: in a CRI pod, the pod's shared ones (the sandbox's; PID only
+    /// with `NamespaceMode POD`), which in the guest are the sandbox's
+    /// init's.
+    pub joined_namespaces: Vec<&'static str>,
 }
 
 impl GuestSpec {
@@ -153,6 +158,7 @@ pub fn for_guest(mut spec: Spec, guest_dir: &Path) -> Result<GuestSpec, SpecErro
     spec.set_mounts(Some(mounts));
 
     let mut block_devices = Vec::new();
+    let mut joined_namespaces = Vec::new();
     if let Some(mut linux) = spec.linux().clone() {
         // Character devices keep their numbers: the common ones (null,
         // zero, random, tty, fuse) are the same in the guest. Block
@@ -178,6 +184,16 @@ pub fn for_guest(mut spec: Spec, guest_dir: &Path) -> Result<GuestSpec, SpecErro
         // The guest's network namespace is the pod's network; the host's
         // namespace paths mean nothing inside the VM.
         namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+        joined_namespaces = namespaces
+            .iter()
+            .filter(|n| n.path().is_some())
+            .filter_map(|n| match n.typ() {
+                LinuxNamespaceType::Pid => Some("pid"),
+                LinuxNamespaceType::Ipc => Some("ipc"),
+                LinuxNamespaceType::Uts => Some("uts"),
+                _ => None,
+            })
+            .collect();
         for ns in &mut namespaces {
             ns.set_path(None);
         }
@@ -190,6 +206,7 @@ pub fn for_guest(mut spec: Spec, guest_dir: &Path) -> Result<GuestSpec, SpecErro
         spec,
         binds,
         block_devices,
+        joined_namespaces,
     })
 }
 
@@ -298,6 +315,8 @@ mod tests {
             ]
         );
         assert!(ns.iter().all(|n| n.path().is_none()));
+        // The host's IPC namespace path: in a pod, the sandbox's.
+        assert_eq!(guest.joined_namespaces, ["ipc"]);
     }
 
     #[test]

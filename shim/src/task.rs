@@ -39,6 +39,12 @@ use crate::rootfs::Rootfs;
 
 /// How long publishing one event may take before it is dropped (logged).
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a shim whose VM has ended waits for containerd's last Delete
+/// and Shutdown before it exits on its own: no shim outlives its pod
+/// because a call never came (containerd 1.6 sends no Shutdown when a
+/// Delete it timed out on was done by the shim meanwhile, and cleans up
+/// after a shim that is gone with `shim delete`).
+const ORPHAN_EXIT: Duration = Duration::from_secs(30);
 
 fn status(code: Code, msg: impl ToString) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
@@ -141,11 +147,38 @@ impl Inner {
             .name("task-events".into())
             .spawn(move || {
                 for event in events {
-                    self.publish_pod_event(event);
+                    match event {
+                        PodEvent::SandboxEnded => self.clone().exit_when_orphaned(),
+                        event => self.publish_pod_event(event),
+                    }
                 }
             });
         if let Err(e) = spawned {
             tracing::error!("cannot start the task event publisher: {e}");
+        }
+    }
+
+    /// Once the VM has ended, the containers still listed are dead and
+    /// nothing can be created: [`ORPHAN_EXIT`] later the shim unmounts
+    /// what containerd has not deleted and exits.
+    fn exit_when_orphaned(self: Arc<Self>) {
+        let spawned = std::thread::Builder::new()
+            .name("orphan-exit".into())
+            .spawn(move || {
+                std::thread::sleep(ORPHAN_EXIT);
+                tracing::warn!(
+                    "the pod's VM ended {} s ago and containerd has not shut this shim down \
+                     (containers still listed: {:?}): exiting",
+                    ORPHAN_EXIT.as_secs(),
+                    self.pod.container_ids()
+                );
+                for (_, rootfs) in self.rootfs().drain() {
+                    rootfs.unmount();
+                }
+                self.exit.signal();
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the orphan exit timer: {e}");
         }
     }
 
@@ -173,6 +206,7 @@ impl Inner {
                     }),
                 );
             }
+            PodEvent::SandboxEnded => {}
             PodEvent::OomKilled { container_id } => self.publish(
                 topics::TASK_OOM_EVENT_TOPIC,
                 Box::new(TaskOOM {

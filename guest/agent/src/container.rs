@@ -139,7 +139,9 @@ impl Rollback {
 pub struct CreateContext<'a> {
     pub cgroups: &'a CgroupRoot,
     pub reaper: &'a Reaper,
-    pub sandbox_pidns: Option<PathBuf>,
+    /// Namespaces (by `/proc/PID/ns` name) the spec's path-less entries
+    /// of that type join instead of being made new: the pod's shared ones.
+    pub joined: Vec<(String, PathBuf)>,
 }
 
 impl Container {
@@ -180,7 +182,7 @@ impl Container {
         let process = spec.process().as_ref().ok_or(SpecError::NoProcess)?;
         let setup = spec::process_setup(process, &rootfs)?;
         let rootfs_plan = spec::rootfs_plan(spec, &rootfs)?;
-        let ns = spec::init_namespaces(spec, ctx.sandbox_pidns.as_deref())?;
+        let ns = spec::init_namespaces(spec, &ctx.joined)?;
         let linux = spec.linux().as_ref();
         let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
             Some(p) => crate::seccomp::compile(p).map_err(SpecError::from)?,
@@ -256,6 +258,15 @@ impl Container {
             return Status::Stopped;
         }
         st
+    }
+
+    /// The init process's pid while it lives, for joining its
+    /// namespaces; `op` names what was asked, for the error.
+    pub fn running_init_pid(&self, reaper: &Reaper, op: &'static str) -> Result<i32> {
+        match self.status(reaper) {
+            Status::Stopped => Err(self.bad_state(Status::Stopped, op)),
+            _ => Ok(self.init.pid),
+        }
     }
 
     fn set_status(&self, s: Status) {

@@ -14,6 +14,7 @@ use crate::container::{Container, ContainerError, CreateContext};
 use crate::mounts::{self, MountError};
 use crate::oom::OomWatcher;
 use crate::reaper::Reaper;
+use crate::spec;
 
 /// Errors of sandbox-wide operations.
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +172,29 @@ impl Sandbox {
         id: &str,
         spec_json: &[u8],
         storages: &[Storage],
+        namespaces_of: &str,
+        join_namespaces: &[String],
     ) -> Result<(), ContainerError> {
+        let mut joined = Vec::new();
+        if let Some(pid) = *self.pidns_holder.lock().unwrap_or_else(|e| e.into_inner()) {
+            joined.push((
+                "pid".to_string(),
+                PathBuf::from(format!("/proc/{pid}/ns/pid")),
+            ));
+        }
+        if !join_namespaces.is_empty() {
+            // A missing or stopped owner is this request's error.
+            let owner = self.container(namespaces_of)?;
+            let pid = owner.running_init_pid(&self.reaper, "share its namespaces")?;
+            for kind in join_namespaces {
+                let kind = spec::shareable_namespace(kind)?;
+                joined.retain(|(k, _)| k.as_str() != kind);
+                joined.push((
+                    kind.to_string(),
+                    PathBuf::from(format!("/proc/{pid}/ns/{kind}")),
+                ));
+            }
+        }
         {
             let containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
             let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
@@ -180,15 +203,10 @@ impl Sandbox {
             }
             creating.push(id.to_string());
         }
-        let sandbox_pidns = self
-            .pidns_holder
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/pid")));
         let ctx = CreateContext {
             cgroups: &self.cgroups,
             reaper: &self.reaper,
-            sandbox_pidns,
+            joined,
         };
         let result = Container::create(id, spec_json, storages, &ctx);
         self.creating

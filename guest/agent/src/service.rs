@@ -197,7 +197,13 @@ impl AgentService for Service {
 
     fn create_container(&self, _: &TtrpcContext, req: CreateContainerRequest) -> R<Empty> {
         self.sandbox
-            .create_container(&req.container_id, &req.oci_spec_json, &req.storages)
+            .create_container(
+                &req.container_id,
+                &req.oci_spec_json,
+                &req.storages,
+                &req.namespaces_of,
+                &req.join_namespaces,
+            )
             .map_err(cerr)?;
         Ok(Empty::new())
     }

@@ -337,10 +337,37 @@ pub struct Namespaces {
     pub pid_ns_change: bool,
 }
 
-/// From the spec's `linux.namespaces`; a new PID namespace becomes the
-/// sandbox's shared one when the pod has it. A new mount namespace is
-/// always made: the rootfs is set up in it.
-pub fn init_namespaces(spec: &Spec, sandbox_pidns: Option<&Path>) -> Result<Namespaces, SpecError> {
+/// The namespaces a container may join from another container's init by
+/// name (`/proc/PID/ns/NAME`): a CRI pod's shared ones.
+pub fn shareable_namespace(name: &str) -> Result<&'static str, SpecError> {
+    match name {
+        "pid" => Ok("pid"),
+        "ipc" => Ok("ipc"),
+        "uts" => Ok("uts"),
+        other => Err(SpecError::UnsupportedNamespace(format!(
+            "{other:?} (to join from the pod)"
+        ))),
+    }
+}
+
+/// The `/proc/PID/ns` name of a namespace flag.
+fn ns_name(flag: CloneFlags) -> &'static str {
+    match flag {
+        CloneFlags::CLONE_NEWNS => "mnt",
+        CloneFlags::CLONE_NEWUTS => "uts",
+        CloneFlags::CLONE_NEWIPC => "ipc",
+        CloneFlags::CLONE_NEWPID => "pid",
+        CloneFlags::CLONE_NEWNET => "net",
+        CloneFlags::CLONE_NEWCGROUP => "cgroup",
+        _ => "",
+    }
+}
+
+/// From the spec's `linux.namespaces`; an entry without a path joins the
+/// namespace `joined` names for its type (the pod's shared ones), or is
+/// made new. A new mount namespace is always made: the rootfs is set up
+/// in it.
+pub fn init_namespaces(spec: &Spec, joined: &[(String, PathBuf)]) -> Result<Namespaces, SpecError> {
     let mut ns = Namespaces {
         join: Vec::new(),
         unshare: CloneFlags::CLONE_NEWNS,
@@ -353,11 +380,12 @@ pub fn init_namespaces(spec: &Spec, sandbox_pidns: Option<&Path>) -> Result<Name
         .unwrap_or_default();
     for n in list {
         let flag = ns_flag(n.typ())?;
-        let path = match (n.path(), flag == CloneFlags::CLONE_NEWPID, sandbox_pidns) {
-            (Some(p), _, _) => Some(p.clone()),
-            (None, true, Some(shared)) => Some(shared.to_path_buf()),
-            _ => None,
-        };
+        let path = n.path().clone().or_else(|| {
+            joined
+                .iter()
+                .find(|(name, _)| name == ns_name(flag))
+                .map(|(_, path)| path.clone())
+        });
         if flag == CloneFlags::CLONE_NEWPID {
             ns.pid_ns_change = true;
         }
@@ -560,19 +588,34 @@ mod tests {
                 {"type":"pid"},{"type":"uts"},{"type":"ipc"},{"type":"mount"},
                 {"type":"network","path":"/proc/self/ns/net"}]}}"#,
         );
-        let ns = init_namespaces(&s, None).unwrap();
+        let ns = init_namespaces(&s, &[]).unwrap();
         assert!(ns.pid_ns_change);
         assert!(ns.unshare.contains(
             CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS
         ));
         assert_eq!(ns.join.len(), 1);
-        let shared = init_namespaces(&s, Some(Path::new("/proc/self/ns/pid"))).unwrap();
-        assert!(!shared.unshare.contains(CloneFlags::CLONE_NEWPID));
-        assert_eq!(shared.join.len(), 2);
+        // The pod's PID and UTS namespaces (here the test's own).
+        let pod = [
+            ("pid".to_string(), PathBuf::from("/proc/self/ns/pid")),
+            ("uts".to_string(), PathBuf::from("/proc/self/ns/uts")),
+        ];
+        let shared = init_namespaces(&s, &pod).unwrap();
+        assert!(
+            shared.pid_ns_change,
+            "joining a PID namespace forks once more"
+        );
+        assert!(!shared
+            .unshare
+            .intersects(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS));
+        assert!(shared.unshare.contains(CloneFlags::CLONE_NEWIPC));
+        assert_eq!(shared.join.len(), 3);
         let user = spec(r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"user"}]}}"#);
         assert!(matches!(
-            init_namespaces(&user, None),
+            init_namespaces(&user, &[]),
             Err(SpecError::UnsupportedNamespace(_))
         ));
+        assert_eq!(shareable_namespace("uts").unwrap(), "uts");
+        assert!(shareable_namespace("mnt").is_err());
+        assert!(shareable_namespace("../net").is_err());
     }
 }

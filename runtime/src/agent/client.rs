@@ -189,10 +189,7 @@ impl Agent for AgentClient {
         )
     }
 
-    fn create_container(&self, container_id: &str, oci_spec_json: Vec<u8>) -> AgentResult<()> {
-        let mut req = CreateContainerRequest::new();
-        req.container_id = container_id.into();
-        req.oci_spec_json = oci_spec_json;
+    fn create_container(&self, req: CreateContainerRequest) -> AgentResult<()> {
         named(
             "CreateContainer",
             self.client.create_container(self.ctx(), &req),

@@ -7,7 +7,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use skiff_agent_protocol::agent::{
-    CreateSandboxRequest, GuestDevice, Interface, Routes, StatsContainerResponse,
+    CreateContainerRequest, CreateSandboxRequest, GuestDevice, Interface, Routes,
+    StatsContainerResponse,
 };
 
 use super::{Agent, AgentError, AgentResult, Code, OutputStream};
@@ -152,7 +153,8 @@ impl Agent for FakeAgent {
         self.enter("RemoveDevice", slot.to_string()).map(drop)
     }
 
-    fn create_container(&self, container_id: &str, _oci_spec_json: Vec<u8>) -> AgentResult<()> {
+    fn create_container(&self, req: CreateContainerRequest) -> AgentResult<()> {
+        let container_id = req.container_id.as_str();
         let mut state = self.enter("CreateContainer", container_id.into())?;
         if !state.containers.insert(container_id.into()) {
             return Err(AgentError::Status {

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 pub use client::{connect, AgentClient, ConnectError};
 use skiff_agent_protocol::agent::{
-    CreateSandboxRequest, GuestDevice, Interface, Routes, StatsContainerResponse,
+    CreateContainerRequest, CreateSandboxRequest, GuestDevice, Interface, Routes,
+    StatsContainerResponse,
 };
 use skiff_agent_protocol::ttrpc;
 pub use skiff_agent_protocol::ttrpc::Code;
@@ -94,7 +95,7 @@ pub trait Agent: Send + Sync {
     fn remove_device(&self, slot: u32) -> AgentResult<()>;
 
     // Containers and processes.
-    fn create_container(&self, container_id: &str, oci_spec_json: Vec<u8>) -> AgentResult<()>;
+    fn create_container(&self, req: CreateContainerRequest) -> AgentResult<()>;
     fn start_container(&self, container_id: &str) -> AgentResult<()>;
     fn remove_container(&self, container_id: &str) -> AgentResult<()>;
     fn exec_process(

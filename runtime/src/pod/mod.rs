@@ -16,6 +16,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -36,6 +37,23 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// The exit status reported for a process whose wait failed (the VM
 /// ended, the agent lost it).
 const LOST_STATUS: u32 = 255;
+/// The exit status of a process that ended with its VM when the pod tore
+/// the VM down: 128 + SIGKILL, what runc reports for a process killed
+/// with its PID namespace.
+const KILLED_STATUS: u32 = 128 + 9;
+/// SIGKILL, as the task API sends it.
+const SIGKILL: u32 = 9;
+
+/// How a sandbox's VM is ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Teardown {
+    /// The guest is asked to power off and given a short, bounded time;
+    /// then the VM is stopped whatever the guest did.
+    PowerOff,
+    /// The VM is stopped at once, without a word to the guest: the pod's
+    /// init was sent SIGKILL, which no guest may delay.
+    Kill,
+}
 
 /// What the pod needs of its sandbox. The real one (`crate::sandbox::Sandbox`)
 /// is a VM; the unit tests' one has a fake agent.
@@ -58,8 +76,9 @@ pub trait PodSandbox: Send + Sync {
     /// Removes the container from the guest and what was made for it on
     /// the host.
     fn remove_container(&self, container_id: &str) -> Result<(), SandboxError>;
-    /// Stops the VM and removes every trace of the sandbox on the host.
-    fn shutdown(&self) -> Result<(), SandboxError>;
+    /// Stops the VM, within a bound whatever the guest does, and removes
+    /// every trace of the sandbox on the host.
+    fn shutdown(&self, how: Teardown) -> Result<(), SandboxError>;
 }
 
 /// What a sandbox is booted from.
@@ -90,6 +109,10 @@ pub enum PodEvent {
     },
     /// The guest's OOM killer killed a process of this container.
     OomKilled { container_id: String },
+    /// The sandbox's VM was torn down. Containers still listed are dead
+    /// and wait only for their Delete; no container can be created any
+    /// more.
+    SandboxEnded,
 }
 
 /// The broad class of an error, for the shim's status codes.
@@ -223,9 +246,14 @@ struct Container {
 
 struct Inner {
     factory: Arc<dyn SandboxFactory>,
-    /// The pod's VM: booted by the first create, shut down when the
-    /// sandbox's own container is deleted.
+    /// The pod's VM: booted by the first create, torn down when the
+    /// sandbox's own container is deleted or its init is sent SIGKILL.
+    /// The lock is held across the teardown, so no call reaches a VM
+    /// that is going.
     sandbox: Mutex<Option<Arc<dyn PodSandbox>>>,
+    /// The VM was torn down (it is never booted again in this pod): a
+    /// process whose wait then fails was killed with it.
+    ended: AtomicBool,
     containers: Mutex<HashMap<String, Container>>,
     events: Sender<PodEvent>,
 }
@@ -245,6 +273,7 @@ impl Pod {
         let inner = Inner {
             factory,
             sandbox: Mutex::new(None),
+            ended: AtomicBool::new(false),
             containers: Mutex::new(HashMap::new()),
             events,
         };
@@ -299,6 +328,11 @@ impl Pod {
             }
             return Ok((sandbox.clone(), false));
         }
+        if self.0.ended.load(Ordering::SeqCst) {
+            return Err(PodError::FailedPrecondition(format!(
+                "the VM of this shim's pod has ended: sandbox {sandbox_id} cannot start here"
+            )));
+        }
         let sandbox = self
             .0
             .factory
@@ -318,13 +352,45 @@ impl Pod {
         Ok((sandbox, true))
     }
 
-    fn shutdown_sandbox(&self) {
-        let sandbox = lock(&self.0.sandbox).take();
-        if let Some(sandbox) = sandbox {
-            if let Err(e) = sandbox.shutdown() {
-                tracing::error!("shut down sandbox {}: {e}", sandbox.id());
-            }
+    /// Tears the VM down (`how`), then reports every container whose init
+    /// never started as killed with it (an exec never started just ends);
+    /// started processes are reported by their exit watchers, whose waits
+    /// end with the VM. Containers stay listed until containerd deletes
+    /// them.
+    fn end_sandbox(&self, how: Teardown) {
+        let mut slot = lock(&self.0.sandbox);
+        let Some(sandbox) = slot.take() else {
+            return;
+        };
+        self.0.ended.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        if let Err(e) = sandbox.shutdown(how) {
+            tracing::error!("shut down sandbox {}: {e}", sandbox.id());
         }
+        tracing::info!(
+            "sandbox {} ended ({how:?}, {:.1} ms)",
+            sandbox.id(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        drop(slot);
+        let (inits, execs): (Vec<_>, Vec<_>) = lock(&self.0.containers)
+            .values()
+            .flat_map(|c| {
+                let init = std::iter::once((true, c.init.clone()));
+                init.chain(c.execs.values().map(|e| (false, e.clone())))
+            })
+            .filter(|(_, p)| p.status() == ProcessStatus::Created)
+            .partition(|(init, _)| *init);
+        for (_, process) in inits {
+            report_exit(&self.0.events, &process, KILLED_STATUS);
+        }
+        for (_, process) in execs {
+            process.set_exited(Exit {
+                status: KILLED_STATUS,
+                at: SystemTime::now(),
+            });
+        }
+        let _ = self.0.events.send(PodEvent::SandboxEnded);
     }
 
     /// Creates a container in its pod's sandbox, booting the sandbox first
@@ -347,7 +413,7 @@ impl Pod {
         }
         if let Err(err) = sandbox.add_container(req.id, req.bundle, req.rootfs, req.spec) {
             if booted {
-                self.shutdown_sandbox();
+                self.end_sandbox(Teardown::PowerOff);
             }
             return Err(PodError::Sandbox {
                 what: format!("create container {}", req.id),
@@ -431,12 +497,13 @@ impl Pod {
     /// Follows a started process until the agent reports its exit, lets
     /// its output drain, then records and reports the exit.
     fn watch_exit(&self, agent: Arc<dyn Agent>, process: Arc<Process>, mut relays: Relays) {
-        let events = self.0.events.clone();
+        let pod = self.0.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("wait-{}", process.container_id))
             .spawn(move || {
                 let status = match agent.wait_process(&process.container_id, &process.exec_id) {
                     Ok(status) => status as u32,
+                    Err(_) if pod.ended.load(Ordering::SeqCst) => KILLED_STATUS,
                     Err(e) => {
                         tracing::warn!(
                             "wait for {}/{}: {e}",
@@ -449,16 +516,7 @@ impl Pod {
                 if !relays.wait_output(OUTPUT_DRAIN) {
                     tracing::info!("{}: output still open after exit", process.container_id);
                 }
-                let exit = Exit {
-                    status,
-                    at: SystemTime::now(),
-                };
-                process.set_exited(exit.clone());
-                let _ = events.send(PodEvent::Exited {
-                    container_id: process.container_id.clone(),
-                    exec_id: process.exec_id.clone(),
-                    exit,
-                });
+                report_exit(&pod.events, &process, status);
             });
         if let Err(e) = spawned {
             tracing::error!("cannot start exit watcher: {e}");
@@ -497,12 +555,21 @@ impl Pod {
 
     /// Sends `signal` to a process (`all`: to every process of the
     /// container). A process that already exited is not found.
+    ///
+    /// SIGKILL to the sandbox's own init process ends the VM at once,
+    /// without the guest: the pod's init dies and every process of the
+    /// pod with it, as under runc, in a time no guest can stretch.
     pub fn signal(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<(), PodError> {
         let process = self.process(id, exec_id)?;
         if process.exit().is_some() {
             return Err(PodError::NotFound(format!(
                 "process {id}/{exec_id} (already exited)"
             )));
+        }
+        let is_pod_init = exec_id.is_empty() && self.sandbox()?.id() == id;
+        if is_pod_init && signal == SIGKILL {
+            self.end_sandbox(Teardown::Kill);
+            return Ok(());
         }
         self.sandbox()?
             .agent()
@@ -613,26 +680,57 @@ impl Pod {
             }
             return Ok(exit);
         }
-        let sandbox = self.sandbox()?;
-        let removed = sandbox.remove_container(id);
-        lock(&self.0.containers).remove(id);
-        // The VM lives as long as the pod's own container.
-        if id == sandbox.id() {
-            self.shutdown_sandbox();
-        }
-        if let Err(e) = removed {
-            tracing::warn!("remove container {id}: {e}");
+        let sandbox = lock(&self.0.sandbox).clone();
+        match sandbox {
+            // The VM lives as long as the pod's own container; whatever of
+            // the pod is in the guest goes with it.
+            Some(sandbox) if sandbox.id() == id => {
+                lock(&self.0.containers).remove(id);
+                self.end_sandbox(Teardown::PowerOff);
+            }
+            Some(sandbox) => {
+                let removed = sandbox.remove_container(id);
+                lock(&self.0.containers).remove(id);
+                if let Err(e) = removed {
+                    tracing::warn!("remove container {id}: {e}");
+                }
+            }
+            // The VM has ended, and the container's share with it.
+            None => {
+                lock(&self.0.containers).remove(id);
+            }
         }
         Ok(exit)
     }
 
-    /// Shuts the sandbox down if no container is left; returns whether it
-    /// did (the shim may then exit).
+    /// Tears the sandbox down if no container is left; returns whether the
+    /// pod is done (the shim may then exit).
     pub fn shutdown(&self) -> bool {
         if !self.is_empty() {
             return false;
         }
-        self.shutdown_sandbox();
+        self.end_sandbox(Teardown::PowerOff);
         true
+    }
+
+    /// The ids of the containers still listed.
+    pub fn container_ids(&self) -> Vec<String> {
+        lock(&self.0.containers).keys().cloned().collect()
+    }
+}
+
+/// Records a process's exit and reports it, unless an exit was recorded
+/// already (each exit is reported once).
+fn report_exit(events: &Sender<PodEvent>, process: &Process, status: u32) {
+    let exit = Exit {
+        status,
+        at: SystemTime::now(),
+    };
+    if process.set_exited(exit.clone()) {
+        let _ = events.send(PodEvent::Exited {
+            container_id: process.container_id.clone(),
+            exec_id: process.exec_id.clone(),
+            exit,
+        });
     }
 }

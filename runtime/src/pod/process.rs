@@ -76,14 +76,17 @@ impl Process {
         self.lock().exit.clone()
     }
 
-    /// Records the exit (the first one wins) and wakes every waiter.
-    pub fn set_exited(&self, exit: Exit) {
+    /// Records the exit (the first one wins) and wakes every waiter;
+    /// returns whether this one was recorded.
+    pub fn set_exited(&self, exit: Exit) -> bool {
         let mut state = self.lock();
-        if state.exit.is_none() {
+        let first = state.exit.is_none();
+        if first {
             state.status = ProcessStatus::Stopped;
             state.exit = Some(exit);
         }
         self.exited.notify_all();
+        first
     }
 
     /// Blocks until the process exited.
@@ -112,14 +115,14 @@ mod tests {
             let p = p.clone();
             std::thread::spawn(move || p.wait().status)
         };
-        p.set_exited(Exit {
+        assert!(p.set_exited(Exit {
             status: 3,
             at: SystemTime::now(),
-        });
-        p.set_exited(Exit {
+        }));
+        assert!(!p.set_exited(Exit {
             status: 9,
             at: SystemTime::now(),
-        });
+        }));
         assert_eq!(waiter.join().unwrap(), 3);
         p.set_status(ProcessStatus::Running);
         assert_eq!(p.status(), ProcessStatus::Stopped);

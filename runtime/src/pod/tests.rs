@@ -14,6 +14,7 @@ use oci_spec::runtime::{Spec, SpecBuilder};
 use super::*;
 use crate::agent::fake::FakeAgent;
 use crate::cri::annotations;
+use skiff_agent_protocol::agent::CreateContainerRequest;
 
 /// Long enough for a watcher thread on a loaded CI machine; a test that
 /// waits this long has failed.
@@ -26,6 +27,7 @@ struct FakeSandbox {
     agent: Arc<FakeAgent>,
     added: Mutex<Vec<String>>,
     shut_down: AtomicBool,
+    teardown: Mutex<Option<Teardown>>,
 }
 
 impl PodSandbox for FakeSandbox {
@@ -48,7 +50,10 @@ impl PodSandbox for FakeSandbox {
         _rootfs: &Path,
         _spec: Spec,
     ) -> Result<(), SandboxError> {
-        self.agent.create_container(container_id, Vec::new())?;
+        self.agent.create_container(CreateContainerRequest {
+            container_id: container_id.into(),
+            ..Default::default()
+        })?;
         self.added.lock().unwrap().push(container_id.into());
         Ok(())
     }
@@ -58,9 +63,14 @@ impl PodSandbox for FakeSandbox {
         Ok(self.agent.remove_container(container_id)?)
     }
 
-    fn shutdown(&self) -> Result<(), SandboxError> {
+    fn shutdown(&self, how: Teardown) -> Result<(), SandboxError> {
         self.shut_down.store(true, Ordering::SeqCst);
-        self.agent.destroy_sandbox(Duration::from_secs(1))?;
+        *self.teardown.lock().unwrap() = Some(how);
+        match how {
+            Teardown::PowerOff => self.agent.destroy_sandbox(Duration::from_secs(1))?,
+            // The VM is stopped: its connection drops.
+            Teardown::Kill => self.agent.close(),
+        }
         Ok(())
     }
 }
@@ -90,6 +100,7 @@ impl SandboxFactory for FakeFactory {
             agent: self.agent.clone(),
             added: Mutex::default(),
             shut_down: AtomicBool::new(false),
+            teardown: Mutex::default(),
         });
         self.booted
             .lock()
@@ -168,6 +179,23 @@ impl Harness {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+}
+
+/// The next `n` events, in the order they came (exit watchers race).
+fn events(h: &Harness, n: usize) -> Vec<PodEvent> {
+    (0..n).map(|_| h.next_event()).collect()
+}
+
+/// The exit status reported for `container_id`'s init in `events`.
+fn exit_of(events: &[PodEvent], container_id: &str) -> Option<u32> {
+    events.iter().find_map(|e| match e {
+        PodEvent::Exited {
+            container_id: c,
+            exec_id,
+            exit,
+        } if c == container_id && exec_id.is_empty() => Some(exit.status),
+        _ => None,
+    })
 }
 
 fn exited(container_id: &str, exec_id: &str, event: PodEvent) -> u32 {
@@ -504,4 +532,85 @@ fn agent_codes_sort_into_error_kinds() {
         unreachable.to_string(),
         "pause container: agent unreachable: connection closed"
     );
+}
+
+#[test]
+fn sigkill_to_the_pods_init_ends_the_vm_without_asking_the_guest() {
+    let h = harness();
+    h.create("pod", None).unwrap();
+    h.pod.start("pod", "").unwrap();
+    h.create("app", Some("pod")).unwrap();
+    h.pod.start("app", "").unwrap();
+    h.create("idle", Some("pod")).unwrap();
+    h.wait_in_agent("WaitProcess(app,)");
+
+    h.pod.signal("pod", "", SIGKILL, false).unwrap();
+    let sandbox = h.factory.sandbox("pod");
+    assert_eq!(*sandbox.teardown.lock().unwrap(), Some(Teardown::Kill));
+    let calls = h.agent().calls();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("SignalProcess") || c.starts_with("DestroySandbox")),
+        "{calls:?}"
+    );
+    // Every process died with the VM, the never-started one too.
+    let seen = events(&h, 4);
+    for id in ["pod", "app", "idle"] {
+        assert_eq!(exit_of(&seen, id), Some(KILLED_STATUS), "{id}: {seen:?}");
+    }
+    assert!(seen.contains(&PodEvent::SandboxEnded), "{seen:?}");
+    assert_eq!(h.pod.wait("idle", "").unwrap().status, KILLED_STATUS);
+
+    // No VM: the pod takes no new container, and its dead ones are
+    // deleted without the guest; then the shim may go.
+    let late = h.create("late", Some("pod")).unwrap_err();
+    assert_eq!(late.kind(), ErrorKind::FailedPrecondition, "{late}");
+    let calls = h.agent().calls().len();
+    for id in ["app", "idle"] {
+        assert_eq!(h.pod.delete(id, "").unwrap().status, KILLED_STATUS);
+    }
+    assert!(!h.pod.shutdown(), "the sandbox's container is left");
+    assert_eq!(h.pod.delete("pod", "").unwrap().status, KILLED_STATUS);
+    assert_eq!(h.agent().calls().len(), calls, "{:?}", h.agent().calls());
+    assert!(h.pod.shutdown());
+    assert_eq!(h.factory.boots.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn deleting_the_sandboxs_container_ends_the_vm_and_what_was_left_in_it() {
+    let h = harness();
+    h.create("pod", None).unwrap();
+    h.pod.start("pod", "").unwrap();
+    h.create("never-started", Some("pod")).unwrap();
+    h.wait_in_agent("WaitProcess(pod,)");
+    h.agent().exit("pod", "", 0);
+    assert_eq!(exited("pod", "", h.next_event()), 0);
+
+    // containerd deletes the sandbox's task before the container it
+    // created but never started (a pod stopped in between).
+    assert_eq!(h.pod.delete("pod", "").unwrap().status, 0);
+    let sandbox = h.factory.sandbox("pod");
+    assert_eq!(*sandbox.teardown.lock().unwrap(), Some(Teardown::PowerOff));
+    assert!(
+        !h.agent()
+            .calls()
+            .iter()
+            .any(|c| c == "RemoveContainer(pod)"),
+        "the VM goes whole: {:?}",
+        h.agent().calls()
+    );
+    let seen = events(&h, 2);
+    assert_eq!(
+        exit_of(&seen, "never-started"),
+        Some(KILLED_STATUS),
+        "{seen:?}"
+    );
+    assert!(seen.contains(&PodEvent::SandboxEnded), "{seen:?}");
+    assert!(!h.pod.shutdown());
+    assert_eq!(
+        h.pod.delete("never-started", "").unwrap().status,
+        KILLED_STATUS
+    );
+    assert!(h.pod.shutdown());
 }

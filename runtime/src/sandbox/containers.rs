@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use oci_spec::runtime::Spec;
+use skiff_agent_protocol::agent::CreateContainerRequest;
 
 use crate::persist::{self, ContainerState};
 use crate::share::{self, ShareError};
@@ -53,8 +54,23 @@ impl Sandbox {
             }
             self.block_devices
                 .attach(&self.vmm, &*self.agent, container_id, &mut guest)?;
-            let spec_json = serde_json::to_vec(&guest.spec).expect("spec serialises");
-            self.agent.create_container(container_id, spec_json)?;
+            // The pod's shared namespaces are its sandbox's (the sandbox's
+            // own spec makes them).
+            let join_namespaces = match container_id == self.id {
+                true => Vec::new(),
+                false => guest
+                    .joined_namespaces
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect(),
+            };
+            self.agent.create_container(CreateContainerRequest {
+                container_id: container_id.into(),
+                oci_spec_json: serde_json::to_vec(&guest.spec).expect("spec serialises"),
+                namespaces_of: self.id.clone(),
+                join_namespaces,
+                ..Default::default()
+            })?;
             Ok(())
         })();
         if result.is_err() {

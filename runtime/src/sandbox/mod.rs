@@ -39,7 +39,7 @@ use crate::agent::{self, Agent, AgentClient, AgentError};
 use crate::cgroup::{CgroupError, SandboxCgroup};
 use crate::config::{ConfigError, RuntimeConfig};
 use crate::persist::{PersistError, SandboxState};
-use crate::pod::{BootRequest, PodSandbox, SandboxFactory};
+use crate::pod::{BootRequest, PodSandbox, SandboxFactory, Teardown};
 use crate::pod_net::{self, NetworkError, PodNetwork};
 use crate::share::{HostDir, ShareError};
 use crate::spec::SpecError;
@@ -49,9 +49,12 @@ pub const GUEST_SHARE_DIR: &str = "/run/skiff/shared";
 /// Bytes of host entropy a restored guest's RNG is reseeded with (512
 /// bits: twice the CRNG's key).
 const RESEED_BYTES: usize = 64;
-/// How long a powering-off guest has to answer, then to end.
-const POWER_OFF_ANSWER: Duration = Duration::from_secs(5);
-const POWER_OFF_EXIT: Duration = Duration::from_secs(10);
+/// How long a powering-off guest has to answer, then to end. Together
+/// well under containerd's deadline for a task Delete (10 s): a guest that
+/// is slow or does not answer is stopped rather than waited for. On
+/// hardware a guest powers off in milliseconds.
+const POWER_OFF_ANSWER: Duration = Duration::from_secs(2);
+const POWER_OFF_EXIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -293,10 +296,11 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Asks the guest to power off, waits a little, then stops the VM and
-    /// removes every trace of the sandbox on the host.
-    pub fn shutdown(&self) -> Result<(), SandboxError> {
-        if self.agent.destroy_sandbox(POWER_OFF_ANSWER).is_ok() {
+    /// Ends the VM (`how`: asking the guest to power off first, for a
+    /// bounded time, or not), then removes every trace of the sandbox on
+    /// the host.
+    pub fn shutdown(&self, how: Teardown) -> Result<(), SandboxError> {
+        if how == Teardown::PowerOff && self.agent.destroy_sandbox(POWER_OFF_ANSWER).is_ok() {
             self.vmm.wait_exit(Some(POWER_OFF_EXIT));
         }
         // Already stopped is fine; the VMM thread ends when this is dropped.
@@ -393,8 +397,8 @@ impl PodSandbox for Sandbox {
         Sandbox::remove_container(self, container_id)
     }
 
-    fn shutdown(&self) -> Result<(), SandboxError> {
-        Sandbox::shutdown(self)
+    fn shutdown(&self, how: Teardown) -> Result<(), SandboxError> {
+        Sandbox::shutdown(self, how)
     }
 }
 
@@ -415,9 +419,14 @@ impl SandboxFactory for VmSandboxes {
                 None
             }
         };
+        // A pod without a hostname gets the node's, as runc's new UTS
+        // namespace does (a copy of the host's) and as containerd writes
+        // it into the pod's /etc/hostname.
         let hostname = spec
             .hostname()
             .clone()
+            .filter(|h| !h.is_empty())
+            .or_else(|| nix::unistd::gethostname().ok()?.into_string().ok())
             .unwrap_or_else(|| req.sandbox_id.to_string());
         let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
         let sandbox = Sandbox::boot(SandboxSpec {
