@@ -33,7 +33,7 @@ mod names;
 pub mod sigsys;
 
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use ::caps::Capability;
 pub use common::with_common;
@@ -48,6 +48,19 @@ pub use sigsys::{Report, Slot};
 /// it holds) and `None` is returned at once. Waking is by the slot's futex
 /// word, so a normal join costs no polling delay.
 pub fn join_unless_parked<T>(thread: JoinHandle<T>, slot: &Slot) -> Option<T> {
+    join(thread, slot, None)
+}
+
+/// [`join_unless_parked`], giving up after `timeout`: a thread that was
+/// told to end and has not (stopped by a debugger or by ptrace from
+/// outside, stuck in the kernel) is left behind to end with the process,
+/// with a warning, so whoever ends it answers in bounded time. What the
+/// thread holds stays alive with it.
+pub fn join_within<T>(thread: JoinHandle<T>, slot: &Slot, timeout: Duration) -> Option<T> {
+    join(thread, slot, Some(Instant::now() + timeout))
+}
+
+fn join<T>(thread: JoinHandle<T>, slot: &Slot, deadline: Option<Instant>) -> Option<T> {
     loop {
         if slot.is_parked() {
             tracing::warn!(
@@ -59,9 +72,21 @@ pub fn join_unless_parked<T>(thread: JoinHandle<T>, slot: &Slot) -> Option<T> {
         if slot.has_ended() || thread.is_finished() {
             return thread.join().ok();
         }
+        let mut wait = Duration::from_millis(200);
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    thread = %slot.thread_name(),
+                    "thread did not end when told to: left behind to end with the process"
+                );
+                return None;
+            }
+            wait = wait.min(left);
+        }
         // The end guard or the handler wakes this; the timeout covers a
         // thread that ended without reaching its end guard.
-        slot.wait_not_running(Duration::from_millis(200));
+        slot.wait_not_running(wait);
     }
 }
 
@@ -76,4 +101,26 @@ pub fn install_for_measurement(policy: &ThreadPolicy) -> Result<(), ConfineError
     // The thread never ends its confined section: keep its slot.
     std::mem::forget(slot);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_that_does_not_end_is_left_behind_after_the_bound() {
+        let slot = Slot::new("stuck");
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || stuck.recv().is_ok());
+        let started = Instant::now();
+        assert_eq!(join_within(thread, &slot, Duration::from_millis(50)), None);
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        release.send(()).unwrap();
+
+        let done = std::thread::spawn(|| 7);
+        assert_eq!(
+            join_within(done, &Slot::new("done"), Duration::from_secs(60)),
+            Some(7)
+        );
+    }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use kvm_bindings::{kvm_run, KVM_SYSTEM_EVENT_CRASH};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use skiff_confine::{join_unless_parked, Confinement, Slot};
+use skiff_confine::{join_within, Confinement, Slot};
 use skiff_devices::Bus;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -30,6 +30,10 @@ use crate::ExitSender;
 
 /// How long a vCPU may take to acknowledge a pause.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopped vCPU's thread may take to end before it is left
+/// behind (a kicked vCPU takes microseconds on hardware; this allows for a
+/// loaded host).
+const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Errors controlling vCPU threads.
 #[derive(Debug, thiserror::Error)]
@@ -346,13 +350,17 @@ impl VcpuHandle {
     }
 }
 
-/// Dropping a handle stops the vCPU thread and waits for it.
+/// Dropping a handle stops the vCPU thread and waits for it, at most
+/// [`STOP_TIMEOUT`]: a kicked vCPU leaves KVM_RUN at once, so one that does
+/// not is stopped from outside (ptrace, a debugger) or stuck in the host
+/// kernel, and is left to end with the process rather than hold the VM's
+/// teardown (and whoever waits on it, as containerd does) forever.
 impl Drop for VcpuHandle {
     fn drop(&mut self) {
         let _ = self.commands.send(Command::Stop);
         self.kick();
         if let Some(thread) = self.thread.take() {
-            join_unless_parked(thread, &self.slot);
+            join_within(thread, &self.slot, STOP_TIMEOUT);
         }
     }
 }
