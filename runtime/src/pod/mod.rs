@@ -352,11 +352,11 @@ impl Pod {
         Ok((sandbox, true))
     }
 
-    /// Tears the VM down (`how`), then reports every container whose init
-    /// never started as killed with it (an exec never started just ends);
-    /// started processes are reported by their exit watchers, whose waits
-    /// end with the VM. Containers stay listed until containerd deletes
-    /// them.
+    /// Tears the VM down (`how`), then reports every process that had not
+    /// exited as killed with it (an exec that never started just ends),
+    /// at once: the exit watchers' waits end with the VM's connections,
+    /// but containerd should not wait on their output drain. Containers
+    /// stay listed until containerd deletes them.
     fn end_sandbox(&self, how: Teardown) {
         let mut slot = lock(&self.0.sandbox);
         let Some(sandbox) = slot.take() else {
@@ -373,22 +373,23 @@ impl Pod {
             started.elapsed().as_secs_f64() * 1e3
         );
         drop(slot);
-        let (inits, execs): (Vec<_>, Vec<_>) = lock(&self.0.containers)
+        let processes: Vec<Arc<Process>> = lock(&self.0.containers)
             .values()
-            .flat_map(|c| {
-                let init = std::iter::once((true, c.init.clone()));
-                init.chain(c.execs.values().map(|e| (false, e.clone())))
-            })
-            .filter(|(_, p)| p.status() == ProcessStatus::Created)
-            .partition(|(init, _)| *init);
-        for (_, process) in inits {
-            report_exit(&self.0.events, &process, KILLED_STATUS);
-        }
-        for (_, process) in execs {
-            process.set_exited(Exit {
-                status: KILLED_STATUS,
-                at: SystemTime::now(),
-            });
+            .flat_map(|c| std::iter::once(&c.init).chain(c.execs.values()))
+            .cloned()
+            .collect();
+        for process in processes {
+            let never_started_exec =
+                !process.exec_id.is_empty() && process.status() == ProcessStatus::Created;
+            match never_started_exec {
+                true => {
+                    process.set_exited(Exit {
+                        status: KILLED_STATUS,
+                        at: SystemTime::now(),
+                    });
+                }
+                false => report_exit(&self.0.events, &process, KILLED_STATUS),
+            }
         }
         let _ = self.0.events.send(PodEvent::SandboxEnded);
     }
