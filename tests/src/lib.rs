@@ -6,6 +6,7 @@
 //! and checks many things in that boot.
 
 pub mod containerd;
+pub mod freeze;
 
 use std::io::{Read, Write};
 use std::os::fd::IntoRawFd;

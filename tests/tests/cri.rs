@@ -3,9 +3,13 @@
 //! with runtime handler `skiff` (one VM) on a CNI bridge network (Debian's
 //! containernetworking-plugins: bridge + host-local), two busybox
 //! containers in it, ExecSync in each, checks that both share the pod's one
-//! shim and VM, that the pod's IP is the guest's and TCP works both ways
-//! between the pod and the host, then stops and removes the pod and checks
-//! that nothing is left on the host. Prints each step's time. It runs on
+//! shim and VM, its PID namespace (the sandbox's process as init) and the
+//! node's hostname, that their output streams to the CRI logs, that pod
+//! stats come from the pod's cgroup, that the pod's IP is the guest's and
+//! TCP works both ways between the pod and the host, stops both containers
+//! by SIGTERM, creates a third it never starts, freezes the guest (its
+//! vCPU threads stopped by ptrace, so it answers nothing), then stops and
+//! removes the pod and checks that nothing is left on the host. Prints each step's time. It runs on
 //! Debian's containerd 1.6 and on a 2.x release when one is unpacked, each
 //! with its default CRI configuration (on 2.x every pod spec then carries
 //! the unprivileged port and ICMP sysctls). The pod is restored from a
@@ -23,6 +27,7 @@ use skiff_tests::containerd::{
     image_archive, leftovers, live_processes, one_at_a_time, Containerd, Release, BUSYBOX,
     CRI_NAMESPACE, PAUSE, SHIM,
 };
+use skiff_tests::freeze::FrozenVcpus;
 use skiff_tests::{Scratch, Steps};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -110,13 +115,44 @@ async fn connect(socket: &Path) -> RuntimeServiceClient<Channel> {
     RuntimeServiceClient::new(channel)
 }
 
-/// The pod's own network namespace (set up by the CNI bridge plugin).
-fn pod_network() -> cri::NamespaceOption {
+/// The pod's own network namespace (set up by the CNI bridge plugin), and
+/// one PID namespace for the whole pod, whose init is the sandbox's
+/// process (`shareProcessNamespace: true`).
+fn pod_namespaces() -> cri::NamespaceOption {
     cri::NamespaceOption {
         network: cri::NamespaceMode::Pod as i32,
-        pid: cri::NamespaceMode::Container as i32,
+        pid: cri::NamespaceMode::Pod as i32,
         ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
+    }
+}
+
+/// The pod's cgroup parent (cgroupfs form, as a kubelet with the cgroupfs
+/// driver passes it): pod stats are read there.
+fn cgroup_parent() -> String {
+    format!("/skiff-cri-{}", std::process::id())
+}
+
+/// Removes the pod's cgroup parent in every hierarchy when dropped (the
+/// kubelet's job; the sandbox removes only its own cgroup).
+struct RemoveCgroupParent(String);
+
+impl Drop for RemoveCgroupParent {
+    fn drop(&mut self) {
+        let root = Path::new("/sys/fs/cgroup");
+        let unified = root.join("cgroup.controllers").exists();
+        let hierarchies: Vec<PathBuf> = match unified {
+            true => vec![root.to_path_buf()],
+            false => std::fs::read_dir(root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect(),
+        };
+        for h in hierarchies {
+            let _ = std::fs::remove_dir(h.join(self.0.trim_start_matches('/')));
+        }
     }
 }
 
@@ -188,10 +224,11 @@ fn pod_config(log_directory: &Path) -> cri::PodSandboxConfig {
         log_directory: log_directory.to_str().unwrap().into(),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(pod_network()),
+                namespace_options: Some(pod_namespaces()),
                 ..Default::default()
             }),
             sysctls: [(POD_SYSCTL.0.to_string(), POD_SYSCTL.1.to_string())].into(),
+            cgroup_parent: cgroup_parent(),
             ..Default::default()
         }),
         ..Default::default()
@@ -213,7 +250,7 @@ fn container_config(name: &str, command: &[&str], args: &[&str]) -> cri::Contain
         log_path: format!("{name}.log"),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(pod_network()),
+                namespace_options: Some(pod_namespaces()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -297,6 +334,7 @@ fn cri_pod_with_two_containers_in_one_vm(release: &Release, name: &str) {
     // The bridge plugin leaves its bridge when the last pod goes; this
     // removes it (after containerd, which is dropped first).
     let _bridge = RemoveLink(BRIDGE);
+    let _cgroup_parent = RemoveCgroupParent(cgroup_parent());
     let runtime_config = scratch.join("skiff.toml");
     std::fs::write(
         &runtime_config,
@@ -420,9 +458,14 @@ fn cri_pod_with_two_containers_in_one_vm(release: &Release, name: &str) {
 
         let mut ids = Vec::new();
         for name in CONTAINERS {
+            // The second line comes at least 5 s after the first: the first
+            // must reach the log before it (output streams, it is not
+            // held until the process ends).
             let (command, args): (&[&str], Vec<String>) = (
                 &["sh", "-c"],
-                vec![format!("echo log-from-{name}; exec sleep 1000")],
+                vec![format!(
+                    "echo log-from-{name}; sleep 5; echo later-from-{name}; exec sleep 1000"
+                )],
             );
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let id = client
@@ -448,10 +491,15 @@ fn cri_pod_with_two_containers_in_one_vm(release: &Release, name: &str) {
             // LINE"): sh is running, its `exec sleep` follows.
             let path = logs.join(format!("{name}.log"));
             let want = format!(" stdout F log-from-{name}\n");
+            let later = format!(" stdout F later-from-{name}\n");
             let deadline = Instant::now() + Duration::from_secs(120);
             loop {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
                 if text.contains(&want) {
+                    assert!(
+                        !text.contains(&later),
+                        "{name}'s first line reached its log only with the second: {text:?}"
+                    );
                     break;
                 }
                 assert!(
@@ -462,6 +510,20 @@ fn cri_pod_with_two_containers_in_one_vm(release: &Release, name: &str) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             steps.mark(&format!("{name} output in its CRI log"));
+            // Then its second line, and its `exec sleep`.
+            loop {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if text.contains(&later) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} lacks {want:?}: {text:?}",
+                    path.display()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            steps.mark(&format!("{name}'s second line, 5 s later"));
         }
 
         for (name, id) in CONTAINERS.iter().zip(&ids) {
@@ -474,6 +536,61 @@ fn cri_pod_with_two_containers_in_one_vm(release: &Release, name: &str) {
             assert!(out.stderr.is_empty(), "{out:?}");
             steps.mark(&format!("ExecSync echo in {name}"));
         }
+        // One PID namespace for the pod: its init is the sandbox's process
+        // (the pause image's `sleep inf`), and each container sees the
+        // other's processes.
+        let out = exec_sync(
+            &mut client,
+            &ids[0],
+            &["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline; echo; ps -o args"],
+        )
+        .await;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(text.lines().next(), Some("sleep inf "), "{out:?}");
+        assert!(
+            text.lines().filter(|l| l.trim() == "sleep 1000").count() >= 2,
+            "c1 does not see c2's process: {out:?}"
+        );
+        steps.mark("shared PID namespace: the sandbox's process is PID 1");
+
+        // A pod without a hostname has the node's, as under runc.
+        let node = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let out = exec_sync(&mut client, &ids[1], &["hostname"]).await;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), node, "{out:?}");
+        steps.mark("hostname: the node's");
+
+        // Pod stats, from the pod's cgroup on the host (the VM's threads
+        // and memory are charged there).
+        let stats = client
+            .list_pod_sandbox_stats(req(cri::ListPodSandboxStatsRequest {
+                filter: Some(cri::PodSandboxStatsFilter {
+                    id: pod_id.clone(),
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .expect("ListPodSandboxStats")
+            .into_inner()
+            .stats;
+        assert_eq!(stats.len(), 1, "{stats:?}");
+        let linux = stats[0].linux.as_ref().expect("linux pod stats");
+        let cpu = linux
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref())
+            .map_or(0, |v| v.value);
+        let memory = linux
+            .memory
+            .as_ref()
+            .and_then(|m| m.working_set_bytes.as_ref())
+            .map_or(0, |v| v.value);
+        assert!(cpu > 0 && memory > 0, "{stats:?}");
+        steps.mark(&format!(
+            "ListPodSandboxStats: {:.1} s CPU, {} MiB",
+            cpu as f64 / 1e9,
+            memory >> 20
+        ));
+
         // The pod's sysctl, and on 2.x the two its default configuration
         // adds, are written in the guest despite the read-only /proc/sys.
         let read = format!(
@@ -647,6 +764,53 @@ fn cri_pod_with_two_containers_in_one_vm(release: &Release, name: &str) {
         assert_eq!(listed, want, "{state}");
         steps.mark("one shim, one VM");
 
+        // Each container's `sleep` is not its namespace's init: SIGTERM
+        // ends it (143), long before the grace period's SIGKILL (137).
+        for (name, id) in CONTAINERS.iter().zip(&ids).rev() {
+            client
+                .stop_container(req(cri::StopContainerRequest {
+                    container_id: id.clone(),
+                    timeout: 120,
+                }))
+                .await
+                .unwrap_or_else(|e| panic!("StopContainer {name}: {e}"));
+            let status = client
+                .container_status(req(cri::ContainerStatusRequest {
+                    container_id: id.clone(),
+                    verbose: false,
+                }))
+                .await
+                .expect("ContainerStatus")
+                .into_inner()
+                .status
+                .expect("container status");
+            assert_eq!(
+                (status.state, status.exit_code),
+                (cri::ContainerState::ContainerExited as i32, 128 + 15),
+                "{name}: {status:?}"
+            );
+            steps.mark(&format!("StopContainer {name}: SIGTERM ends it"));
+        }
+
+        // A container created but never started when the pod is stopped
+        // (containerd keeps no task for it).
+        client
+            .create_container(req(cri::CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(container_config("c3", &["sleep"], &["1000"])),
+                sandbox_config: Some(pod_config.clone()),
+            }))
+            .await
+            .expect("CreateContainer c3");
+        steps.mark("CreateContainer c3 (never started)");
+
+        // A guest that answers nothing any more: its vCPUs are stopped
+        // from outside. Stopping and removing the pod must not wait on it
+        // (containerd gives a sandbox task's Delete 10 s, and sends no
+        // Shutdown after a Delete it gave up on).
+        let frozen = FrozenVcpus::freeze(shim_pid);
+        steps.mark("the pod's vCPUs frozen (ptrace)");
+
         client
             .stop_pod_sandbox(req(cri::StopPodSandboxRequest {
                 pod_sandbox_id: pod_id.clone(),
@@ -697,6 +861,7 @@ fn cri_pod_with_two_containers_in_one_vm(release: &Release, name: &str) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         steps.mark("nothing left on the host");
+        drop(frozen);
         let log = containerd.log();
         assert!(
             !log.contains("failed to load runtime info"),
