@@ -28,6 +28,10 @@
 # (default) and skiff (io.containerd.skiff.v2); with SKIFF_RUNTIME_CONFIG
 # set, the skiff handler passes that Skiff configuration file to its shims
 # (runtime option ConfigPath), e.g. one with `[factory] template = true`.
+# With SKIFF_REGISTRY_HOSTS_DIR set, the CRI plugin pulls through the
+# registry hosts configured there (config_path: DIR/HOST/hosts.toml, e.g. a
+# mirror of registry.k8s.io on a local registry); without it, from the
+# registries themselves (none is reachable here).
 #
 # Outside DIR, containerd still uses /run/containerd/s (shim sockets),
 # /run/containerd/fifo (ctr's stdio FIFOs) and /run/containerd/runc/NS for
@@ -170,6 +174,15 @@ EOF
     fi
 }
 
+# The CRI registry hosts directory, under the CRI image section $1.
+cri_registry() {
+    [ -n "${SKIFF_REGISTRY_HOSTS_DIR:-}" ] || return 0
+    cat <<EOF
+  [$1.registry]
+    config_path = "$(realpath -- "$SKIFF_REGISTRY_HOSTS_DIR")"
+EOF
+}
+
 # containerd 1.x.
 config_v2() {
     echo "# Written by scripts/containerd-private.sh; removed by its 'stop'."
@@ -194,6 +207,7 @@ config_v2() {
     default_runtime_name = "runc"
 EOF
     cri_runtimes 'plugins."io.containerd.grpc.v1.cri".containerd'
+    cri_registry 'plugins."io.containerd.grpc.v1.cri"'
 }
 
 # containerd 2.x (it migrates version 3 to its own 4 as it loads it, with
@@ -223,6 +237,7 @@ config_v3() {
     default_runtime_name = "runc"
 EOF
     cri_runtimes 'plugins."io.containerd.cri.v1.runtime".containerd'
+    cri_registry 'plugins."io.containerd.cri.v1.images"'
 }
 
 start() {
@@ -252,6 +267,10 @@ start() {
         extra_path=$(realpath -- "$extra_path")
         [ -x "$extra_path/containerd-shim-skiff-v2" ] \
             || log "note: no containerd-shim-skiff-v2 in $extra_path (runtime skiff will fail)"
+    fi
+
+    if [ -n "${SKIFF_REGISTRY_HOSTS_DIR:-}" ] && [ ! -d "$SKIFF_REGISTRY_HOSTS_DIR" ]; then
+        die "SKIFF_REGISTRY_HOSTS_DIR $SKIFF_REGISTRY_HOSTS_DIR is not a directory"
     fi
 
     mkdir -p "$dir"
