@@ -278,6 +278,22 @@ fn all_shims(containerd: &Containerd) -> Vec<String> {
         .collect()
 }
 
+async fn container_status(
+    client: &mut RuntimeServiceClient<Channel>,
+    container_id: &str,
+) -> cri::ContainerStatus {
+    client
+        .container_status(req(cri::ContainerStatusRequest {
+            container_id: container_id.into(),
+            verbose: false,
+        }))
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("container status")
+}
+
 async fn exec_sync(
     client: &mut RuntimeServiceClient<Channel>,
     container_id: &str,
@@ -711,16 +727,7 @@ fn cri_pod_with_two_containers_in_one_vm(release: &Release, name: &str) {
         }
 
         for (name, id) in CONTAINERS.iter().zip(&ids) {
-            let status = client
-                .container_status(req(cri::ContainerStatusRequest {
-                    container_id: id.clone(),
-                    verbose: false,
-                }))
-                .await
-                .expect("ContainerStatus")
-                .into_inner()
-                .status
-                .expect("container status");
+            let status = container_status(&mut client, id).await;
             assert_eq!(
                 status.state,
                 cri::ContainerState::ContainerRunning as i32,
@@ -774,16 +781,7 @@ fn cri_pod_with_two_containers_in_one_vm(release: &Release, name: &str) {
                 }))
                 .await
                 .unwrap_or_else(|e| panic!("StopContainer {name}: {e}"));
-            let status = client
-                .container_status(req(cri::ContainerStatusRequest {
-                    container_id: id.clone(),
-                    verbose: false,
-                }))
-                .await
-                .expect("ContainerStatus")
-                .into_inner()
-                .status
-                .expect("container status");
+            let status = container_status(&mut client, id).await;
             assert_eq!(
                 (status.state, status.exit_code),
                 (cri::ContainerState::ContainerExited as i32, 128 + 15),
