@@ -31,9 +31,15 @@ fn status(code: Code, msg: impl std::fmt::Display) -> ttrpc::Error {
 fn container_code(e: &ContainerError) -> Code {
     use crate::spec::SpecError;
     match e {
-        ContainerError::NotFound(_) | ContainerError::ProcessNotFound { .. } => Code::NOT_FOUND,
+        // A signal to a process that has exited is NOT_FOUND, as runc's
+        // "process already finished": containerd's stop paths ignore it (a
+        // process may exit just before its kill, before its exit reached
+        // the host).
+        ContainerError::NotFound(_)
+        | ContainerError::ProcessNotFound { .. }
+        | ContainerError::Exited(_) => Code::NOT_FOUND,
         ContainerError::AlreadyExists(_) | ContainerError::ExecExists(_) => Code::ALREADY_EXISTS,
-        ContainerError::BadState { .. } | ContainerError::Exited(_) => Code::FAILED_PRECONDITION,
+        ContainerError::BadState { .. } => Code::FAILED_PRECONDITION,
         ContainerError::BadId(_)
         | ContainerError::BadSignal(_)
         | ContainerError::BadResources(_)
@@ -376,5 +382,21 @@ impl AgentService for Service {
     fn remove_device(&self, _: &TtrpcContext, req: DeviceRequest) -> R<Empty> {
         self.hotplug()?.remove(req.mmio_slot).map_err(herr)?;
         Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signal_to_an_exited_process_is_not_found_as_under_runc() {
+        assert_eq!(container_code(&ContainerError::Exited(40)), Code::NOT_FOUND);
+        let paused = ContainerError::BadState {
+            id: "c".into(),
+            state: "paused",
+            op: "start",
+        };
+        assert_eq!(container_code(&paused), Code::FAILED_PRECONDITION);
     }
 }
