@@ -165,6 +165,10 @@ cri_runtimes() {
         Root = "$dir/runc"
     [$1.runtimes.skiff]
       runtime_type = "io.containerd.skiff.v2"
+      # A privileged container's spec would otherwise list every host
+      # device, and the VM would be asked to hot-add each host disk (as
+      # Kata advises for its handlers too).
+      privileged_without_host_devices = true
 EOF
     if [ -n "${SKIFF_RUNTIME_CONFIG:-}" ]; then
         cat <<EOF
