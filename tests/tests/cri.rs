@@ -278,6 +278,22 @@ fn all_shims(containerd: &Containerd) -> Vec<String> {
         .collect()
 }
 
+/// The CRI log at `path` once it holds `line`; panics at `deadline`.
+async fn wait_for_log(path: &Path, line: &str, deadline: Instant) -> String {
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(line) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} lacks {line:?}: {text:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn container_status(
     client: &mut RuntimeServiceClient<Channel>,
     container_id: &str,
@@ -509,36 +525,14 @@ fn cri_pod_with_two_containers_in_one_vm(release: &Release, name: &str) {
             let want = format!(" stdout F log-from-{name}\n");
             let later = format!(" stdout F later-from-{name}\n");
             let deadline = Instant::now() + Duration::from_secs(120);
-            loop {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                if text.contains(&want) {
-                    assert!(
-                        !text.contains(&later),
-                        "{name}'s first line reached its log only with the second: {text:?}"
-                    );
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} lacks {want:?}: {text:?}",
-                    path.display()
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            let text = wait_for_log(&path, &want, deadline).await;
+            assert!(
+                !text.contains(&later),
+                "{name}'s first line reached its log only with the second: {text:?}"
+            );
             steps.mark(&format!("{name} output in its CRI log"));
             // Then its second line, and its `exec sleep`.
-            loop {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                if text.contains(&later) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} lacks {want:?}: {text:?}",
-                    path.display()
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            wait_for_log(&path, &later, deadline).await;
             steps.mark(&format!("{name}'s second line, 5 s later"));
         }
 
