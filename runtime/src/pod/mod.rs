@@ -567,12 +567,12 @@ impl Pod {
                 "process {id}/{exec_id} (already exited)"
             )));
         }
-        let is_pod_init = exec_id.is_empty() && self.sandbox()?.id() == id;
-        if is_pod_init && signal == SIGKILL {
+        let sandbox = self.sandbox()?;
+        if exec_id.is_empty() && sandbox.id() == id && signal == SIGKILL {
             self.end_sandbox(Teardown::Kill);
             return Ok(());
         }
-        self.sandbox()?
+        sandbox
             .agent()
             .signal_process(id, exec_id, signal, all)
             .map_err(agent("signal process"))
@@ -682,24 +682,18 @@ impl Pod {
             return Ok(exit);
         }
         let sandbox = lock(&self.0.sandbox).clone();
-        match sandbox {
-            // The VM lives as long as the pod's own container; whatever of
-            // the pod is in the guest goes with it.
-            Some(sandbox) if sandbox.id() == id => {
-                lock(&self.0.containers).remove(id);
-                self.end_sandbox(Teardown::PowerOff);
+        // The VM lives as long as the pod's own container, and whatever of
+        // the pod is in the guest goes with it; once the VM has ended, the
+        // container's share went with it too.
+        let is_pod = sandbox.as_ref().is_some_and(|s| s.id() == id);
+        if let Some(sandbox) = sandbox.filter(|_| !is_pod) {
+            if let Err(e) = sandbox.remove_container(id) {
+                tracing::warn!("remove container {id}: {e}");
             }
-            Some(sandbox) => {
-                let removed = sandbox.remove_container(id);
-                lock(&self.0.containers).remove(id);
-                if let Err(e) = removed {
-                    tracing::warn!("remove container {id}: {e}");
-                }
-            }
-            // The VM has ended, and the container's share with it.
-            None => {
-                lock(&self.0.containers).remove(id);
-            }
+        }
+        lock(&self.0.containers).remove(id);
+        if is_pod {
+            self.end_sandbox(Teardown::PowerOff);
         }
         Ok(exit)
     }
