@@ -580,9 +580,10 @@ fn exec_signal_and_namespaces() {
         .unwrap();
     a.signal("c2", "e3", 9).unwrap();
     assert_eq!(a.wait("c2", "e3"), 137);
-    // Signalling a process that has exited is a clear error.
+    // Signalling a process that has exited is NOT_FOUND, as runc's "process
+    // already finished" is to containerd: CRI then treats the stop as done.
     let (code, msg) = err_msg(a.signal("c2", "e3", 15));
-    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
+    assert_eq!(code, ttrpc::Code::NOT_FOUND, "{msg}");
     assert!(msg.contains("has already exited"), "{msg}");
     a.signal("c2", "", 9).unwrap();
     assert_eq!(a.wait("c2", ""), 137);
