@@ -569,7 +569,18 @@ impl Pod {
         }
         let sandbox = self.sandbox()?;
         if exec_id.is_empty() && sandbox.id() == id && signal == SIGKILL {
-            self.end_sandbox(Teardown::Kill);
+            // As a signal is: delivered now, the exits reported after. A
+            // Kill that waited for the teardown would race its own answer
+            // against the TaskExit events, and containerd, handling the
+            // sandbox's exit, closes the connection the answer was due on.
+            let pod = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("sandbox-kill".into())
+                .spawn(move || pod.end_sandbox(Teardown::Kill));
+            if let Err(e) = spawned {
+                tracing::warn!("no thread for the sandbox's teardown ({e}): ending it in the Kill");
+                self.end_sandbox(Teardown::Kill);
+            }
             return Ok(());
         }
         sandbox

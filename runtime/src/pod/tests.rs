@@ -28,6 +28,8 @@ struct FakeSandbox {
     added: Mutex<Vec<String>>,
     shut_down: AtomicBool,
     teardown: Mutex<Option<Teardown>>,
+    /// While held, a teardown waits (the VM is slow to end).
+    teardown_gate: Mutex<()>,
 }
 
 impl PodSandbox for FakeSandbox {
@@ -64,6 +66,7 @@ impl PodSandbox for FakeSandbox {
     }
 
     fn shutdown(&self, how: Teardown) -> Result<(), SandboxError> {
+        drop(self.teardown_gate.lock().unwrap());
         self.shut_down.store(true, Ordering::SeqCst);
         *self.teardown.lock().unwrap() = Some(how);
         match how {
@@ -101,6 +104,7 @@ impl SandboxFactory for FakeFactory {
             added: Mutex::default(),
             shut_down: AtomicBool::new(false),
             teardown: Mutex::default(),
+            teardown_gate: Mutex::default(),
         });
         self.booted
             .lock()
@@ -544,8 +548,15 @@ fn sigkill_to_the_pods_init_ends_the_vm_without_asking_the_guest() {
     h.create("idle", Some("pod")).unwrap();
     h.wait_in_agent("WaitProcess(app,)");
 
-    h.pod.signal("pod", "", SIGKILL, false).unwrap();
+    // The Kill answers before the VM has ended (a signal is delivered,
+    // its exit reported later), however long the teardown takes.
     let sandbox = h.factory.sandbox("pod");
+    let slow_teardown = sandbox.teardown_gate.lock().unwrap();
+    h.pod.signal("pod", "", SIGKILL, false).unwrap();
+    assert!(h.events.try_recv().is_err(), "an exit reported before the Kill answered");
+    drop(slow_teardown);
+    // Every process died with the VM, the never-started one too.
+    let seen = events(&h, 4);
     assert_eq!(*sandbox.teardown.lock().unwrap(), Some(Teardown::Kill));
     let calls = h.agent().calls();
     assert!(
@@ -554,8 +565,6 @@ fn sigkill_to_the_pods_init_ends_the_vm_without_asking_the_guest() {
             .any(|c| c.starts_with("SignalProcess") || c.starts_with("DestroySandbox")),
         "{calls:?}"
     );
-    // Every process died with the VM, the never-started one too.
-    let seen = events(&h, 4);
     for id in ["pod", "app", "idle"] {
         assert_eq!(exit_of(&seen, id), Some(KILLED_STATUS), "{id}: {seen:?}");
     }
