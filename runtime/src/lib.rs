@@ -19,8 +19,10 @@ pub mod limits;
 pub mod persist;
 pub mod pod;
 pub mod pod_net;
+pub mod port_forward;
 pub mod sandbox;
 pub mod share;
+pub mod sk_lookup;
 pub mod spec;
 pub mod stdio;
 

@@ -16,6 +16,7 @@
 //! sandbox template (`[factory] template = true`, built by the pod itself,
 //! through the handler's ConfigPath): the cold boot is shim.rs's.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -292,6 +293,33 @@ async fn wait_for_log(path: &Path, line: &str, deadline: Instant) -> String {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The pod's network namespace on the host, from its `persist.json`.
+fn pod_netns(pod_id: &str) -> PathBuf {
+    let persist = Path::new("/run/skiff/sbs").join(pod_id).join("persist.json");
+    let state: Value = serde_json::from_str(&std::fs::read_to_string(&persist).unwrap()).unwrap();
+    PathBuf::from(state["network"]["netns"].as_str().unwrap_or_else(|| panic!("no netns in {state}")))
+}
+
+/// What a connection to 127.0.0.1:`port` made inside `netns` reads until
+/// it is closed (containerd's PortForward dials the same way).
+fn read_in_netns(netns: &Path, port: u16) -> Vec<u8> {
+    let ns = std::fs::File::open(netns).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only, with an open namespace fd.
+            let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(entered, 0, "setns {}: {}", netns.display(), std::io::Error::last_os_error());
+            let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))
+                .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port} in {}: {e}", netns.display()));
+            let mut got = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut conn, &mut got);
+            got
+        })
+        .join()
+        .unwrap()
+    })
 }
 
 async fn container_status(
@@ -718,6 +746,32 @@ fn cri_pod_with_two_containers_in_one_vm(release: &Release, name: &str) {
             "host<-pod data differs: {out:?} {out2:?}"
         );
         steps.mark(&format!("host -> server in the pod: TCP {} MiB intact", TRANSFER_BYTES >> 20));
+
+        // CRI port forwarding as containerd serves it: a dial of
+        // localhost:PORT inside the pod's network namespace on the host
+        // reaches PORT on the guest's localhost. Until nc listens, the
+        // guest refuses and the dial is closed without a byte.
+        let netns = pod_netns(&pod_id);
+        let refused = read_in_netns(&netns, 1);
+        assert!(refused.is_empty(), "port 1 has no listener: {} bytes", refused.len());
+        let fetcher = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            loop {
+                let got = read_in_netns(&netns, 8081);
+                if !got.is_empty() || Instant::now() > deadline {
+                    break got;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        let out = exec_sync(&mut client, &ids[1], &["sh", "-c", "nc -l -p 8081 < /tmp/down"]).await;
+        let forwarded = fetcher.join().unwrap();
+        assert_eq!(forwarded.len(), TRANSFER_BYTES, "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out2.stdout).starts_with(&md5(&forwarded, &scratch)),
+            "port-forwarded data differs: {out:?}"
+        );
+        steps.mark(&format!("port forward: pod netns localhost:8081 -> the guest's, {} MiB intact", TRANSFER_BYTES >> 20));
         }
 
         for (name, id) in CONTAINERS.iter().zip(&ids) {

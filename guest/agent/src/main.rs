@@ -7,6 +7,7 @@ mod config;
 mod container;
 mod entropy;
 mod files;
+mod forward;
 mod hotplug;
 mod init;
 mod mounts;
@@ -114,6 +115,13 @@ fn run(cfg: Config, guest_init: bool) -> Result<(), String> {
         "skiff-agent {} listening on {address}",
         env!("CARGO_PKG_VERSION")
     );
+    // CRI port forwarding reaches the guest's localhost through vsock; a
+    // host-mode agent (tests) has no vsock.
+    if let Listen::Vsock(_) = cfg.listen {
+        if let Err(e) = forward::serve_vsock() {
+            tracing::error!("{e}: port forwarding into this sandbox will fail");
+        }
+    }
     loop {
         std::thread::park();
     }

@@ -6,11 +6,14 @@
 //! - [`agent_ttrpc`]: `AgentServiceClient`, the `AgentService` server trait
 //!   and `create_agent_service` to register an implementation.
 //! - [`support`]: what the agent implements of the OCI runtime spec.
+//! - [`forward`]: the port-forward stream beside the API (CRI PortForward).
 
 #![allow(clippy::all, unused_qualifications, missing_docs)]
 
 include!(concat!(env!("OUT_DIR"), "/mod.rs"));
 
+#[warn(clippy::all)]
+pub mod forward;
 pub mod support;
 
 /// Version of the wire protocol, returned by `Version`; bumped on

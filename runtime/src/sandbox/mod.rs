@@ -12,6 +12,7 @@
 //! - [`containers`]: sharing a container in and out;
 //! - [`devices`]: the host block devices hot-added for containers;
 //! - [`crate::pod_net`]: the pod network, from discovery to teardown;
+//! - [`crate::port_forward`]: CRI port forwarding into the VM;
 //! - [`crate::agent`]: the agent connection and its calls.
 
 mod containers;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oci_spec::runtime::Spec;
 use skiff_agent_protocol::agent::{CreateSandboxRequest, Storage, StorageDriver};
+use skiff_agent_protocol::forward::FORWARD_VSOCK_PORT;
 use skiff_vmm::{VmmError, VmmHandle};
 
 pub use devices::check_host_devices;
@@ -41,6 +43,7 @@ use crate::config::{ConfigError, RuntimeConfig};
 use crate::persist::{PersistError, SandboxState};
 use crate::pod::{BootRequest, PodSandbox, SandboxFactory, Teardown};
 use crate::pod_net::{self, NetworkError, PodNetwork};
+use crate::port_forward::PortForwarder;
 use crate::share::{HostDir, ShareError};
 use crate::spec::SpecError;
 
@@ -155,6 +158,8 @@ pub struct Sandbox {
     block_devices: devices::BlockDevices,
     /// Left when the sandbox shuts down (`cgroup`).
     cgroup: Mutex<Option<SandboxCgroup>>,
+    /// Ended first when the sandbox shuts down.
+    port_forward: Mutex<Option<PortForwarder>>,
 }
 
 impl Sandbox {
@@ -240,6 +245,7 @@ impl Sandbox {
             timeline,
             block_devices: devices::BlockDevices::default(),
             cgroup: Mutex::new(cgroup),
+            port_forward: Mutex::new(None),
         };
         if template.is_some() {
             // First: until now the guest's RNG is the template's, which
@@ -260,6 +266,10 @@ impl Sandbox {
         req.storages.push(storage);
         sandbox.agent.create_sandbox(req)?;
         pod_net::configure_guest(&*sandbox.agent, id, network.as_ref())?;
+        if let Some(net) = &network {
+            *sandbox.port_forward.lock().unwrap_or_else(|e| e.into_inner()) =
+                start_port_forward(id, &net.netns, &sandbox.vmm);
+        }
         vm::watch_exit(id, sandbox.vmm.clone(), agent_stream);
         undo.0 = None;
         Ok(sandbox)
@@ -300,6 +310,7 @@ impl Sandbox {
     /// bounded time, or not), then removes every trace of the sandbox on
     /// the host.
     pub fn shutdown(&self, how: Teardown) -> Result<(), SandboxError> {
+        drop(self.port_forward.lock().unwrap_or_else(|e| e.into_inner()).take());
         if how == Teardown::PowerOff && self.agent.destroy_sandbox(POWER_OFF_ANSWER).is_ok() {
             self.vmm.wait_exit(Some(POWER_OFF_EXIT));
         }
@@ -309,6 +320,30 @@ impl Sandbox {
             cgroup.leave();
         }
         state_dir::remove(&self.dir)
+    }
+}
+
+/// CRI port forwarding for the pod's network namespace, through the VMM's
+/// vsock to the agent. A pod runs without it where the host cannot steer
+/// its loopback connections (no sk_lookup: Linux before 5.9, no CAP_BPF):
+/// the warning names why, and a PortForward to it finds nothing listening.
+fn start_port_forward(id: &str, netns: &Path, vmm: &Arc<VmmHandle>) -> Option<PortForwarder> {
+    // Weak: a connection left open must not keep the VM's VMM alive.
+    let vmm = Arc::downgrade(vmm);
+    let dial = Arc::new(move || {
+        let vmm = vmm.upgrade().ok_or_else(|| std::io::Error::other("the VM has ended"))?;
+        vmm.vsock_connect(FORWARD_VSOCK_PORT)
+            .map_err(std::io::Error::other)
+    });
+    let started = std::fs::File::open(netns)
+        .map_err(|e| format!("open {}: {e}", netns.display()))
+        .and_then(|ns| PortForwarder::start(&ns, dial).map_err(|e| e.to_string()));
+    match started {
+        Ok(forwarder) => Some(forwarder),
+        Err(e) => {
+            tracing::warn!("sandbox {id}: no port forwarding: {e}");
+            None
+        }
     }
 }
 
