@@ -150,7 +150,8 @@ fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, dial: Arc<GuestDia
 /// Carries one connection to the guest port it dialled.
 fn forward(conn: TcpStream, dial: &GuestDialer) -> io::Result<()> {
     let port = conn.local_addr()?.port();
-    let fail = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("port {port}: {what}: {e}"));
+    let fail =
+        |what: &str, e: io::Error| io::Error::new(e.kind(), format!("port {port}: {what}: {e}"));
     let mut guest = dial().map_err(|e| fail("connect to the agent", e))?;
     guest.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     guest
@@ -255,7 +256,10 @@ mod tests {
         in_netns(&netns, || {
             for port in [80, 8080, 65535] {
                 let message = format!("to {port}");
-                assert_eq!(exchange(port, message.as_bytes()).unwrap(), message.as_bytes());
+                assert_eq!(
+                    exchange(port, message.as_bytes()).unwrap(),
+                    message.as_bytes()
+                );
             }
             // Refused in the guest: the connection is closed, no bytes.
             assert_eq!(exchange(9, b"x").unwrap_or_default(), b"");
@@ -290,10 +294,15 @@ mod tests {
                 asked.recv_timeout(Duration::from_secs(10)).unwrap();
             }
             let mut extra = TcpStream::connect((Ipv4Addr::LOCALHOST, 8080)).unwrap();
-            extra.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            extra
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
             let mut buf = [0u8; 1];
             assert_eq!(extra.read(&mut buf).unwrap_or(0), 0, "closed, not served");
-            assert!(asked.try_recv().is_err(), "the extra one never reached the agent");
+            assert!(
+                asked.try_recv().is_err(),
+                "the extra one never reached the agent"
+            );
             drop(held);
         });
     }

@@ -297,9 +297,15 @@ async fn wait_for_log(path: &Path, line: &str, deadline: Instant) -> String {
 
 /// The pod's network namespace on the host, from its `persist.json`.
 fn pod_netns(pod_id: &str) -> PathBuf {
-    let persist = Path::new("/run/skiff/sbs").join(pod_id).join("persist.json");
+    let persist = Path::new("/run/skiff/sbs")
+        .join(pod_id)
+        .join("persist.json");
     let state: Value = serde_json::from_str(&std::fs::read_to_string(&persist).unwrap()).unwrap();
-    PathBuf::from(state["network"]["netns"].as_str().unwrap_or_else(|| panic!("no netns in {state}")))
+    PathBuf::from(
+        state["network"]["netns"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no netns in {state}")),
+    )
 }
 
 /// What a connection to 127.0.0.1:`port` made inside `netns` reads until
@@ -310,7 +316,13 @@ fn read_in_netns(netns: &Path, port: u16) -> Vec<u8> {
         s.spawn(|| {
             // SAFETY: setns on this thread only, with an open namespace fd.
             let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(entered, 0, "setns {}: {}", netns.display(), std::io::Error::last_os_error());
+            assert_eq!(
+                entered,
+                0,
+                "setns {}: {}",
+                netns.display(),
+                std::io::Error::last_os_error()
+            );
             let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))
                 .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port} in {}: {e}", netns.display()));
             let mut got = Vec::new();

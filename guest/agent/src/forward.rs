@@ -55,7 +55,8 @@ pub fn serve_vsock() -> Result<(), ForwardError> {
         &VsockAddr::new(libc::VMADDR_CID_ANY, FORWARD_VSOCK_PORT),
     )
     .map_err(ForwardError::Listen)?;
-    listen(&listener, Backlog::new(16).unwrap_or(Backlog::MAXCONN)).map_err(ForwardError::Listen)?;
+    listen(&listener, Backlog::new(16).unwrap_or(Backlog::MAXCONN))
+        .map_err(ForwardError::Listen)?;
     std::thread::Builder::new()
         .name("forward".into())
         .spawn(move || accept_loop(listener))
@@ -171,7 +172,10 @@ mod tests {
         host.read_to_end(&mut rest).unwrap();
         assert_eq!(rest, [REFUSED]);
         let err = agent.join().unwrap().unwrap_err();
-        assert!(err.to_string().contains(&format!("localhost:{port}")), "{err}");
+        assert!(
+            err.to_string().contains(&format!("localhost:{port}")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -553,7 +553,10 @@ fn sigkill_to_the_pods_init_ends_the_vm_without_asking_the_guest() {
     let sandbox = h.factory.sandbox("pod");
     let slow_teardown = sandbox.teardown_gate.lock().unwrap();
     h.pod.signal("pod", "", SIGKILL, false).unwrap();
-    assert!(h.events.try_recv().is_err(), "an exit reported before the Kill answered");
+    assert!(
+        h.events.try_recv().is_err(),
+        "an exit reported before the Kill answered"
+    );
     drop(slow_teardown);
     // Every process died with the VM, the never-started one too.
     let seen = events(&h, 4);

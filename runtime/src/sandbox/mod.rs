@@ -267,7 +267,10 @@ impl Sandbox {
         sandbox.agent.create_sandbox(req)?;
         pod_net::configure_guest(&*sandbox.agent, id, network.as_ref())?;
         if let Some(net) = &network {
-            *sandbox.port_forward.lock().unwrap_or_else(|e| e.into_inner()) =
+            *sandbox
+                .port_forward
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) =
                 start_port_forward(id, &net.netns, &sandbox.vmm);
         }
         vm::watch_exit(id, sandbox.vmm.clone(), agent_stream);
@@ -310,7 +313,12 @@ impl Sandbox {
     /// bounded time, or not), then removes every trace of the sandbox on
     /// the host.
     pub fn shutdown(&self, how: Teardown) -> Result<(), SandboxError> {
-        drop(self.port_forward.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(
+            self.port_forward
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         if how == Teardown::PowerOff && self.agent.destroy_sandbox(POWER_OFF_ANSWER).is_ok() {
             self.vmm.wait_exit(Some(POWER_OFF_EXIT));
         }
@@ -331,7 +339,9 @@ fn start_port_forward(id: &str, netns: &Path, vmm: &Arc<VmmHandle>) -> Option<Po
     // Weak: a connection left open must not keep the VM's VMM alive.
     let vmm = Arc::downgrade(vmm);
     let dial = Arc::new(move || {
-        let vmm = vmm.upgrade().ok_or_else(|| std::io::Error::other("the VM has ended"))?;
+        let vmm = vmm
+            .upgrade()
+            .ok_or_else(|| std::io::Error::other("the VM has ended"))?;
         vmm.vsock_connect(FORWARD_VSOCK_PORT)
             .map_err(std::io::Error::other)
     });
