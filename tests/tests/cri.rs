@@ -609,6 +609,28 @@ fn cri_pod_with_two_containers_in_one_vm(release: &Release, name: &str) {
         assert_eq!(String::from_utf8_lossy(&out.stdout), node, "{out:?}");
         steps.mark("hostname: the node's");
 
+        // An exec's timeout runs from the request, not from whenever a
+        // slow guest has spawned the process (containerd starts its timer
+        // when the shim's Start answers): a 2 s `sleep 600` is killed and
+        // reported as timed out within a bound that a Start waiting out
+        // this host's emulated spawn (seconds) and the guest's reap overran.
+        let asked = Instant::now();
+        let timed_out = client
+            .exec_sync(req(cri::ExecSyncRequest {
+                container_id: ids[1].clone(),
+                cmd: vec!["sleep".into(), "600".into()],
+                timeout: 2,
+            }))
+            .await;
+        let waited = asked.elapsed();
+        let err = timed_out.expect_err("a 2 s exec of sleep 600 must time out");
+        assert!(err.message().contains("timeout"), "{err}");
+        assert!(
+            waited < Duration::from_secs(10),
+            "a 2 s exec timeout took {waited:?}"
+        );
+        steps.mark("ExecSync timeout 2 s: timed out on time");
+
         // Pod stats, from the pod's cgroup on the host (the VM's threads
         // and memory are charged there).
         let stats = client

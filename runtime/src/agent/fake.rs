@@ -1,6 +1,6 @@
 //! A fake agent for the runtime's unit tests: it keeps the containers and
-//! processes a real agent would, records every call, fails the calls a test
-//! names, and lets a test end processes and report OOM kills.
+//! processes a real agent would, records every call, fails or holds the
+//! calls a test names, and lets a test end processes and report OOM kills.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -18,6 +18,8 @@ struct State {
     calls: Vec<String>,
     /// Calls (by name) that answer with an error status.
     failing: HashSet<&'static str>,
+    /// Calls (by name) that wait until released, as a slow guest's do.
+    held: HashSet<&'static str>,
     containers: HashSet<String>,
     /// (container, exec) -> exit status once it exited.
     processes: HashMap<(String, String), Option<i32>>,
@@ -40,6 +42,16 @@ impl FakeAgent {
     /// Makes every later `call` answer INTERNAL.
     pub fn fail(&self, call: &'static str) {
         self.lock().failing.insert(call);
+    }
+
+    /// Makes every later `call` wait (once recorded) until [`Self::release`].
+    pub fn hold(&self, call: &'static str) {
+        self.lock().held.insert(call);
+    }
+
+    pub fn release(&self, call: &'static str) {
+        self.lock().held.remove(call);
+        self.changed.notify_all();
     }
 
     /// The calls made so far, as `Name(args)`.
@@ -77,6 +89,9 @@ impl FakeAgent {
     fn enter(&self, call: &'static str, args: String) -> AgentResult<MutexGuard<'_, State>> {
         let mut state = self.lock();
         state.calls.push(format!("{call}({args})"));
+        while state.held.contains(call) && !state.closed {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
         if state.closed {
             return Err(AgentError::Unreachable {
                 call,

@@ -10,6 +10,7 @@
 //! whose real implementations boot a VM (`crate::sandbox`), so its unit
 //! tests run against a fake sandbox and a fake agent in milliseconds.
 
+mod exec;
 mod process;
 #[cfg(test)]
 mod tests;
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use oci_spec::runtime::Spec;
 
-pub use process::{Exit, Process, ProcessStatus};
+pub use process::{Exit, Process, ProcessStatus, Signal};
 
 use crate::agent::{Agent, AgentError, Code};
 use crate::config::RuntimeConfig;
@@ -464,7 +465,8 @@ impl Pod {
     }
 
     /// Starts a container's init process (empty `exec_id`) or an exec'd
-    /// one, relays its I/O and follows it to its exit.
+    /// one (whose Start does not wait out a slow guest: `exec.rs`), relays
+    /// its I/O and follows it to its exit.
     pub fn start(&self, id: &str, exec_id: &str) -> Result<(), PodError> {
         let origin = Instant::now();
         let process = self.process(id, exec_id)?;
@@ -474,24 +476,19 @@ impl Pod {
             )));
         }
         let agent = self.sandbox()?.agent();
-        if exec_id.is_empty() {
-            agent
-                .start_container(id)
-                .map_err(self::agent(format!("start container {id}")))?;
-        } else {
-            agent
-                .exec_process(id, exec_id, process.spec_json.clone())
-                .map_err(self::agent(format!("exec in {id}")))?;
+        if !exec_id.is_empty() {
+            return self.start_exec(agent, process);
         }
+        agent
+            .start_container(id)
+            .map_err(self::agent(format!("start container {id}")))?;
         process.set_status(ProcessStatus::Running);
         let relays = Relays::start(&agent, id, exec_id, &process.stdio)?;
         self.watch_exit(agent, process, relays);
-        if exec_id.is_empty() {
-            tracing::info!(
-                "container {id} started ({:.1} ms)",
-                origin.elapsed().as_secs_f64() * 1e3
-            );
-        }
+        tracing::info!(
+            "container {id} started ({:.1} ms)",
+            origin.elapsed().as_secs_f64() * 1e3
+        );
         Ok(())
     }
 
@@ -581,6 +578,15 @@ impl Pod {
                 tracing::warn!("no thread for the sandbox's teardown ({e}): ending it in the Kill");
                 self.end_sandbox(Teardown::Kill);
             }
+            return Ok(());
+        }
+        if self.signal_spawning(
+            &process,
+            Signal {
+                number: signal,
+                all,
+            },
+        ) {
             return Ok(());
         }
         sandbox

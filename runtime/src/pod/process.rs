@@ -1,6 +1,7 @@
 //! One process of the pod as the runtime tracks it (a container's init
 //! process or an exec'd one): its status, where its I/O goes, and its exit
-//! once the agent reported it, with a wait for that exit.
+//! once the agent reported it, with a wait for that exit; and the signals
+//! sent to an exec while the guest is still spawning it.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -27,6 +28,26 @@ pub struct Exit {
 struct State {
     status: ProcessStatus,
     exit: Option<Exit>,
+    /// `Some` while the guest spawns the process after its Start answered:
+    /// the signals sent meanwhile, for the guest once it has the process.
+    spawning: Option<Vec<Signal>>,
+}
+
+/// A signal as the task API sends it: the number, and whether it goes to
+/// every process of the container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Signal {
+    pub number: u32,
+    pub all: bool,
+}
+
+/// What [`Process::spawned`] hands over once the guest has the process.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Spawned {
+    /// Signals sent while it was spawning, in order.
+    pub queued: Vec<Signal>,
+    /// Its exit was already reported (it was killed while spawning).
+    pub reported: bool,
 }
 
 /// A container's init process (empty `exec_id`) or an exec'd one.
@@ -51,6 +72,7 @@ impl Process {
             state: Mutex::new(State {
                 status: ProcessStatus::Created,
                 exit: None,
+                spawning: None,
             }),
             exited: Condvar::new(),
         }
@@ -87,6 +109,35 @@ impl Process {
         }
         self.exited.notify_all();
         first
+    }
+
+    /// Marks the guest as still spawning the process: signals are queued
+    /// from now until [`Self::spawned`].
+    pub fn spawning(&self) {
+        self.lock().spawning = Some(Vec::new());
+    }
+
+    /// Queues `signal` if the guest is still spawning the process; returns
+    /// whether it did (otherwise the signal is for the agent now).
+    pub fn queue_signal(&self, signal: Signal) -> bool {
+        match &mut self.lock().spawning {
+            Some(queued) => {
+                queued.push(signal);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends the spawning phase (the guest has the process, or failed to
+    /// spawn it): later signals go to the agent. One lock decides both
+    /// what was queued and whether the exit was reported meanwhile.
+    pub fn spawned(&self) -> Spawned {
+        let mut state = self.lock();
+        Spawned {
+            queued: state.spawning.take().unwrap_or_default(),
+            reported: state.exit.is_some(),
+        }
     }
 
     /// Blocks until the process exited.
@@ -127,5 +178,32 @@ mod tests {
         p.set_status(ProcessStatus::Running);
         assert_eq!(p.status(), ProcessStatus::Stopped);
         assert_eq!(p.exit().unwrap().status, 3);
+    }
+
+    #[test]
+    fn signals_are_queued_only_while_the_guest_spawns() {
+        let p = Process::new("c", "e", StdioPaths::default(), Vec::new());
+        let term = Signal {
+            number: 15,
+            all: false,
+        };
+        assert!(!p.queue_signal(term), "not spawning: for the agent");
+        p.spawning();
+        assert!(p.queue_signal(term));
+        assert_eq!(
+            p.spawned(),
+            Spawned {
+                queued: vec![term],
+                reported: false
+            }
+        );
+        assert!(!p.queue_signal(term), "spawned: for the agent");
+
+        p.spawning();
+        p.set_exited(Exit {
+            status: 137,
+            at: SystemTime::now(),
+        });
+        assert!(p.spawned().reported);
     }
 }

@@ -473,6 +473,82 @@ fn creates_that_cannot_be_are_refused_before_any_boot() {
 }
 
 #[test]
+fn an_exec_start_does_not_wait_out_a_slow_guest_and_a_kill_then_ends_it_at_once() {
+    let h = harness();
+    h.create("c", None).unwrap();
+    h.pod.start("c", "").unwrap();
+    h.pod
+        .add_exec("c", "e", StdioPaths::default(), b"{}".to_vec())
+        .unwrap();
+    h.agent().hold("ExecProcess");
+    // Answers while the guest is still spawning: containerd's exec
+    // timeout starts now, not when the guest is done.
+    let (answered, answer) = std::sync::mpsc::channel();
+    let pod = h.pod.clone();
+    std::thread::spawn(move || answered.send(pod.start("c", "e")));
+    answer
+        .recv_timeout(EVENT_TIMEOUT)
+        .expect("Start answers while the guest spawns")
+        .unwrap();
+    assert_eq!(
+        h.pod.state("c", "e").unwrap().status,
+        ProcessStatus::Running
+    );
+    h.pod.signal("c", "e", 15, false).unwrap();
+    h.pod.signal("c", "e", 9, false).unwrap();
+    assert!(
+        !h.agent()
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("SignalProcess(c,e")),
+        "queued until the guest has the process"
+    );
+    // The SIGKILL is the exit, now: the timeout ends on time.
+    assert_eq!(exited("c", "e", h.next_event()), 137);
+    assert_eq!(h.pod.delete("c", "e").unwrap().status, 137);
+
+    // Once spawned, the guest's process gets the queued signals in order
+    // and is reaped, with no second exit.
+    h.agent().release("ExecProcess");
+    h.wait_in_agent("WaitProcess(c,e)");
+    let signals: Vec<String> = h
+        .agent()
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("SignalProcess(c,e"))
+        .collect();
+    assert_eq!(signals, ["SignalProcess(c,e,15)", "SignalProcess(c,e,9)"]);
+    h.agent().exit("c", "e", 137);
+    assert!(h.events.recv_timeout(Duration::from_millis(200)).is_err());
+}
+
+#[test]
+fn a_spawn_that_fails_is_a_start_error_in_time_and_an_exit_127_after() {
+    let h = harness();
+    h.create("c", None).unwrap();
+    h.pod.start("c", "").unwrap();
+    h.agent().fail("ExecProcess");
+    h.pod
+        .add_exec("c", "quick", StdioPaths::default(), b"{}".to_vec())
+        .unwrap();
+    let err = h.pod.start("c", "quick").unwrap_err();
+    assert_eq!(err.to_string(), "exec in c: ExecProcess failed (fake)");
+    assert_eq!(
+        h.pod.state("c", "quick").unwrap().status,
+        ProcessStatus::Created
+    );
+
+    h.agent().hold("ExecProcess");
+    h.pod
+        .add_exec("c", "slow", StdioPaths::default(), b"{}".to_vec())
+        .unwrap();
+    h.pod.start("c", "slow").unwrap();
+    h.agent().release("ExecProcess");
+    assert_eq!(exited("c", "slow", h.next_event()), 127);
+    assert_eq!(h.pod.delete("c", "slow").unwrap().status, 127);
+}
+
+#[test]
 fn an_agent_refusal_keeps_its_code_and_the_process_its_state() {
     let h = harness();
     h.create("c", None).unwrap();
