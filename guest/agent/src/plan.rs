@@ -62,7 +62,12 @@ pub struct DevicePlan {
 pub struct RootfsPlan {
     pub rootfs: PathBuf,
     pub readonly: bool,
+    /// The propagation of `/` while the root is built (`linux.rootfsPropagation`,
+    /// but slave where it asks shared: the root is moved over `/`, and
+    /// a mount is not moved from under a shared one).
     pub propagation: MsFlags,
+    /// Applied to the new root once it is in place: shared, where asked.
+    pub root_propagation: Option<MsFlags>,
     pub mounts: Vec<MountPlan>,
     pub devices: Vec<DevicePlan>,
     pub masked_paths: Vec<PathBuf>,

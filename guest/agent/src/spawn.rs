@@ -550,7 +550,7 @@ fn switch_root() -> Result<(), String> {
 
 fn setup_rootfs(p: &RootfsPlan) -> Result<(), String> {
     sys(
-        || "make / private".into(),
+        || "set the propagation of /".into(),
         mount(None::<&str>, "/", None::<&str>, p.propagation, None::<&str>),
     )?;
     sys(
@@ -572,6 +572,12 @@ fn setup_rootfs(p: &RootfsPlan) -> Result<(), String> {
     sys(|| "chdir rootfs".into(), nix::unistd::chdir(&p.rootfs))?;
     switch_root()?;
     sys(|| "chdir /".into(), nix::unistd::chdir("/"))?;
+    if let Some(flags) = p.root_propagation {
+        sys(
+            || "make / shared".into(),
+            mount(None::<&str>, "/", None::<&str>, flags, None::<&str>),
+        )?;
+    }
     for (path, value) in &p.sysctl {
         std::fs::write(path, value).map_err(|e| format!("sysctl {}: {e}", path.display()))?;
     }

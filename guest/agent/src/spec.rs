@@ -206,11 +206,15 @@ pub fn rootfs_plan(spec: &Spec, rootfs: &Path) -> Result<RootfsPlan, SpecError> 
         .flatten()
         .map(|d| device_plan(d, rootfs, dev_is_tmpfs))
         .collect::<Result<Vec<_>, _>>()?;
-    let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
-        Some("shared") | Some("rshared") => MsFlags::MS_SHARED | MsFlags::MS_REC,
-        Some("slave") | Some("rslave") => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        _ => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-    };
+    let (propagation, root_propagation) =
+        match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
+            Some("shared") | Some("rshared") => (
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                Some(MsFlags::MS_SHARED | MsFlags::MS_REC),
+            ),
+            Some("slave") | Some("rslave") => (MsFlags::MS_SLAVE | MsFlags::MS_REC, None),
+            _ => (MsFlags::MS_PRIVATE | MsFlags::MS_REC, None),
+        };
     Ok(RootfsPlan {
         rootfs: rootfs.to_path_buf(),
         readonly: spec
@@ -219,6 +223,7 @@ pub fn rootfs_plan(spec: &Spec, rootfs: &Path) -> Result<RootfsPlan, SpecError> 
             .and_then(|r| r.readonly())
             .unwrap_or(false),
         propagation,
+        root_propagation,
         mounts,
         devices,
         masked_paths: linux
@@ -520,6 +525,24 @@ mod tests {
             e.to_string(),
             "rootfs /nonexistent/rootfs does not exist or is not a directory"
         );
+    }
+
+    #[test]
+    fn a_shared_root_is_built_slave_and_made_shared_once_in_place() {
+        let plan = |propagation: &str| {
+            let s = spec(&format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"/"}},"linux":{{"rootfsPropagation":"{propagation}"}}}}"#
+            ));
+            let p = rootfs_plan(&s, Path::new("/tmp")).unwrap();
+            (p.propagation, p.root_propagation)
+        };
+        let rec = MsFlags::MS_REC;
+        assert_eq!(
+            plan("rshared"),
+            (MsFlags::MS_SLAVE | rec, Some(MsFlags::MS_SHARED | rec))
+        );
+        assert_eq!(plan("rslave"), (MsFlags::MS_SLAVE | rec, None));
+        assert_eq!(plan("rprivate"), (MsFlags::MS_PRIVATE | rec, None));
     }
 
     #[test]
