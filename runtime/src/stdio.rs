@@ -5,6 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -57,6 +58,26 @@ fn open_output(uri: &str) -> Result<Sink, StdioError> {
         .open(&path)
         .map(Sink::File)
         .map_err(|err| StdioError::Open { path, err })
+}
+
+/// Ends the output streams of a process that will never write them (it
+/// was reported killed before the guest had it): each FIFO is opened for
+/// writing and closed, so containerd's reader sees its end, which an
+/// ExecSync waits for after the exit. Opened without blocking: a FIFO
+/// nobody reads is left alone. Files need nothing.
+pub fn close_outputs(paths: &StdioPaths) {
+    for uri in [&paths.stdout, &paths.stderr] {
+        if uri.is_empty() || uri.contains("://") {
+            continue;
+        }
+        let opened = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(uri);
+        if let Err(e) = opened {
+            tracing::debug!("close output {uri}: {e}");
+        }
+    }
 }
 
 /// The running relays of one process.

@@ -11,7 +11,8 @@
 //! spawn that fails is Start's error, as under runc. Past the bound, Start
 //! answers and the process counts as running while the guest spawns it.
 //! Signals sent meanwhile are queued for the guest, and a SIGKILL is also
-//! reported as the exit at once: the timeout ends on time, and the guest's
+//! reported as the exit at once, with the output FIFOs closed (ExecSync
+//! waits for their end too): the timeout ends on time, and the guest's
 //! process is killed when it arrives. A spawn that fails after the bound is
 //! reported as an exit with [`SPAWN_FAILED_STATUS`].
 
@@ -21,7 +22,7 @@ use std::time::Duration;
 use super::process::{Process, ProcessStatus, Signal};
 use super::{agent, lock, report_exit, Pod, PodError, KILLED_STATUS, LOST_STATUS, SIGKILL};
 use crate::agent::{Agent, AgentError};
-use crate::stdio::{Relays, StdioPaths};
+use crate::stdio::{self, Relays, StdioPaths};
 
 /// How long an exec's Start waits for the guest to spawn the process.
 const SPAWN_WAIT: Duration = Duration::from_millis(250);
@@ -140,6 +141,9 @@ impl Pod {
         }
         if signal.number == SIGKILL {
             report_exit(&self.0.events, process, KILLED_STATUS);
+            // containerd's ExecSync waits for the output's end after the
+            // exit; the guest's process will never write it.
+            stdio::close_outputs(&process.stdio);
         }
         true
     }

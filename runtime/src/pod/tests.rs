@@ -3,6 +3,7 @@
 //! and the events, without KVM.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
@@ -477,9 +478,23 @@ fn an_exec_start_does_not_wait_out_a_slow_guest_and_a_kill_then_ends_it_at_once(
     let h = harness();
     h.create("c", None).unwrap();
     h.pod.start("c", "").unwrap();
-    h.pod
-        .add_exec("c", "e", StdioPaths::default(), b"{}".to_vec())
-        .unwrap();
+    // containerd's side of the exec's stdout: a reader that waits for a
+    // writer, then for the end, as ExecSync's output copy does.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("stdout");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (ended, output_end) = std::sync::mpsc::channel();
+    let reader = fifo.clone();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let read = std::fs::File::open(reader).and_then(|mut f| f.read_to_end(&mut out));
+        let _ = ended.send(read.map(|_| out));
+    });
+    let stdio = StdioPaths {
+        stdout: fifo.display().to_string(),
+        ..StdioPaths::default()
+    };
+    h.pod.add_exec("c", "e", stdio, b"{}".to_vec()).unwrap();
     h.agent().hold("ExecProcess");
     // Answers while the guest is still spawning: containerd's exec
     // timeout starts now, not when the guest is done.
@@ -503,8 +518,11 @@ fn an_exec_start_does_not_wait_out_a_slow_guest_and_a_kill_then_ends_it_at_once(
             .any(|c| c.starts_with("SignalProcess(c,e")),
         "queued until the guest has the process"
     );
-    // The SIGKILL is the exit, now: the timeout ends on time.
+    // The SIGKILL is the exit, now, and the output ends with it: the
+    // timeout ends on time.
     assert_eq!(exited("c", "e", h.next_event()), 137);
+    let output = output_end.recv_timeout(EVENT_TIMEOUT).expect("stdout ends");
+    assert!(output.unwrap().is_empty());
     assert_eq!(h.pod.delete("c", "e").unwrap().status, 137);
 
     // Once spawned, the guest's process gets the queued signals in order
