@@ -65,12 +65,49 @@ pub enum ShareError {
     Harden { path: PathBuf, err: std::io::Error },
 }
 
+/// How a bind's copy in the share treats the mounts of its source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BindMode {
+    pub read_only: ReadOnly,
+    /// The copy is a slave of the source's mounts (`rslave`, `rshared`:
+    /// CRI's HostToContainer and Bidirectional), so a mount the host makes
+    /// below the source later appears in the share and the guest sees its
+    /// files. Nothing travels the other way: the guest's own mounts are
+    /// its kernel's. Otherwise the copy is private.
+    pub from_host: bool,
+}
+
+impl BindMode {
+    /// Writable and private: a container's rootfs.
+    pub const READ_WRITE: BindMode = BindMode {
+        read_only: ReadOnly::No,
+        from_host: false,
+    };
+    /// Read-only all through, and private.
+    pub const READ_ONLY: BindMode = BindMode {
+        read_only: ReadOnly::Tree,
+        from_host: false,
+    };
+}
+
+/// Which mounts of a bind's copy are read-only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadOnly {
+    #[default]
+    No,
+    /// Only the copy's top mount (OCI `ro`, as runc does it): a mount
+    /// below the source (a tmpfs in a volume) keeps its own flags.
+    Top,
+    /// The copy and every mount below it (OCI `rro`).
+    Tree,
+}
+
 /// Bind-mounts `source` (a host directory or file, recursively) on
 /// `share/rel`, making the target and its parents as needed, never
 /// following a symlink or crossing a mount below `share`. The bind is
-/// `nosuid,nodev`, private (no mount events travel to or from the
-/// source) and read-only if asked, all before it appears in the share.
-pub fn bind(share: &HostDir, rel: &Path, source: &Path, read_only: bool) -> Result<(), ShareError> {
+/// `nosuid,nodev` all through, private or a slave of the source, and
+/// read-only as `mode` says, all before it appears in the share.
+pub fn bind(share: &HostDir, rel: &Path, source: &Path, mode: BindMode) -> Result<(), ShareError> {
     let target = share.path().join(rel);
     let bind_err = |err: Errno| ShareError::Bind {
         source_path: source.into(),
@@ -78,7 +115,9 @@ pub fn bind(share: &HostDir, rel: &Path, source: &Path, read_only: bool) -> Resu
         err: err.into(),
     };
     // A detached copy of the source's mounts: nothing is visible until
-    // move_mount below, and closing the fd on an error drops it.
+    // move_mount below, and closing the fd on an error drops it. The copy
+    // starts in the source's peer group if the source is shared; the
+    // propagation set below takes it out (private) or makes it a slave.
     let flags = OpenTreeFlags::OPEN_TREE_CLONE
         | OpenTreeFlags::OPEN_TREE_CLOEXEC
         | OpenTreeFlags::AT_RECURSIVE;
@@ -99,33 +138,66 @@ pub fn bind(share: &HostDir, rel: &Path, source: &Path, read_only: bool) -> Resu
         resolve::make_file(share, rel)?
     };
     let mut attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
-    if read_only {
+    if mode.read_only == ReadOnly::Tree {
         attrs |= libc::MOUNT_ATTR_RDONLY;
     }
-    mount_setattr(tree.as_fd(), attrs, MS_PRIVATE).map_err(bind_err)?;
+    let propagation = if mode.from_host { MS_SLAVE } else { MS_PRIVATE };
+    mount_setattr(tree.as_fd(), attrs, propagation, Depth::Tree).map_err(bind_err)?;
+    if mode.read_only == ReadOnly::Top {
+        mount_setattr(tree.as_fd(), libc::MOUNT_ATTR_RDONLY, 0, Depth::Top).map_err(bind_err)?;
+    }
     let empty = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
     rustix::mount::move_mount(&tree, "", &target_fd, "", empty).map_err(bind_err)?;
     Ok(())
 }
 
-/// `MS_PRIVATE` and `MS_SHARED` as `mount_attr.propagation` takes them
-/// (`c_ulong` is narrower on 32-bit targets).
+/// Whether mounts sit below `source` on the host (it, if a mount point
+/// itself, does not count). A read-only bind of such a source is
+/// read-only only at its top ([`ReadOnly::Top`]), which the guest cannot
+/// tell: virtio-fs shows the mounts below as plain directories.
+pub fn has_submounts(source: &Path) -> std::io::Result<bool> {
+    let source = std::fs::canonicalize(source)?;
+    Ok(mounts_under(&source)?.iter().any(|point| *point != source))
+}
+
+/// `MS_PRIVATE`, `MS_SLAVE` and `MS_SHARED` as `mount_attr.propagation`
+/// takes them (`c_ulong` is narrower on 32-bit targets).
 #[allow(clippy::unnecessary_cast)]
 const MS_PRIVATE: u64 = libc::MS_PRIVATE as u64;
 #[allow(clippy::unnecessary_cast)]
+const MS_SLAVE: u64 = libc::MS_SLAVE as u64;
+#[allow(clippy::unnecessary_cast)]
 const MS_SHARED: u64 = libc::MS_SHARED as u64;
 
-/// `mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, ...)`: sets
-/// `attr_set` on the mount `fd` is the root of and every mount below it,
-/// and their propagation (`MS_PRIVATE`, ...; 0 leaves it). rustix has no
-/// wrapper for it.
-fn mount_setattr(fd: BorrowedFd<'_>, attr_set: u64, propagation: u64) -> Result<(), Errno> {
+/// Which mounts a [`mount_setattr`] changes.
+#[derive(Clone, Copy, PartialEq)]
+enum Depth {
+    /// The mount `fd` is the root of.
+    Top,
+    /// It and every mount below it.
+    Tree,
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE], ...)`: sets
+/// `attr_set` on the mount `fd` is the root of (and, for
+/// [`Depth::Tree`], every mount below it), and their propagation
+/// (`MS_PRIVATE`, ...; 0 leaves it). rustix has no wrapper for it.
+fn mount_setattr(
+    fd: BorrowedFd<'_>,
+    attr_set: u64,
+    propagation: u64,
+    depth: Depth,
+) -> Result<(), Errno> {
     let attr = libc::mount_attr {
         attr_set,
         attr_clr: 0,
         propagation,
         userns_fd: 0,
     };
+    let mut flags = libc::AT_EMPTY_PATH;
+    if depth == Depth::Tree {
+        flags |= libc::AT_RECURSIVE;
+    }
     // SAFETY: the path is a NUL-terminated empty string, `attr` lives
     // across the call and its size is passed; the kernel only reads both.
     let rc = unsafe {
@@ -133,7 +205,7 @@ fn mount_setattr(fd: BorrowedFd<'_>, attr_set: u64, propagation: u64) -> Result<
             libc::SYS_mount_setattr,
             fd.as_raw_fd(),
             c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            flags,
             &attr as *const libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )
@@ -191,8 +263,8 @@ pub fn mount_tmpfs(
     // the share is a slave of this group (docs/seccomp.md). (A failure
     // here leaves the mount for the caller's teardown, which unmounts
     // everything below the state directory.)
-    mount_setattr(mnt.as_fd(), 0, MS_PRIVATE).map_err(err("make private"))?;
-    mount_setattr(mnt.as_fd(), 0, MS_SHARED).map_err(err("make shared"))?;
+    mount_setattr(mnt.as_fd(), 0, MS_PRIVATE, Depth::Tree).map_err(err("make private"))?;
+    mount_setattr(mnt.as_fd(), 0, MS_SHARED, Depth::Tree).map_err(err("make shared"))?;
     Ok(HostDir::from_fd(mnt, path))
 }
 
@@ -213,6 +285,7 @@ pub fn harden_mount(path: &Path) -> Result<(), ShareError> {
         fd.as_fd(),
         libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
         0,
+        Depth::Tree,
     )
     .map_err(err)
 }

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, Mount, Spec};
 
+use crate::share::{self, BindMode, ReadOnly};
+
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("read OCI spec {path}: {err}")]
@@ -43,7 +45,7 @@ pub struct BlockDevice {
 pub struct HostBind {
     pub source: PathBuf,
     pub share_path: PathBuf,
-    pub read_only: bool,
+    pub mode: BindMode,
 }
 
 /// The guest's spec, the host paths it needs shared and the host block
@@ -88,6 +90,28 @@ pub fn load(bundle: &Path) -> Result<Spec, SpecError> {
         Err(err) => return Err(SpecError::Read { path, err }),
     };
     serde_json::from_slice(&bytes).map_err(|err| SpecError::Parse { path, err })
+}
+
+/// How a bind's host copy is made from its OCI options: `rro` is
+/// read-only all through, `ro` at the top only; a slave or shared bind
+/// (CRI's HostToContainer and Bidirectional) receives the host's later
+/// mounts below the source.
+fn bind_mode(mount: &Mount) -> BindMode {
+    let has = |name: &str| mount.options().iter().flatten().any(|o| o == name);
+    let read_only = if has("rro") {
+        ReadOnly::Tree
+    } else if has("ro") {
+        ReadOnly::Top
+    } else {
+        ReadOnly::No
+    };
+    let from_host = ["rslave", "slave", "rshared", "shared"]
+        .iter()
+        .any(|o| has(o));
+    BindMode {
+        read_only,
+        from_host,
+    }
 }
 
 fn is_bind(mount: &Mount) -> bool {
@@ -147,12 +171,32 @@ pub fn for_guest(mut spec: Spec, guest_dir: &Path) -> Result<GuestSpec, SpecErro
             });
         }
         let share_path = Path::new(MOUNTS_DIR).join(index.to_string());
-        let read_only = mount.options().iter().flatten().any(|o| o == "ro");
+        let mode = bind_mode(mount);
+        if mode.read_only == ReadOnly::Top {
+            // Read-only only at the top, as runc makes an `ro` bind: the
+            // mounts below the source stay writable if they are. The guest
+            // sees them as plain directories of the share, so a read-only
+            // bind there would cover them too; where there are any, the
+            // host's copy is what refuses writes (EROFS), and the guest
+            // binds the volume writable.
+            match share::has_submounts(&source) {
+                Ok(false) => {}
+                Ok(true) => {
+                    let options = mount.options().clone().unwrap_or_default();
+                    mount.set_options(Some(options.into_iter().filter(|o| o != "ro").collect()));
+                }
+                // Kept read-only in the guest too: stricter, never looser.
+                Err(e) => tracing::warn!(
+                    "mounts below {}: {e}; the guest's bind stays read-only",
+                    source.display()
+                ),
+            }
+        }
         mount.set_source(Some(guest_dir.join(&share_path)));
         binds.push(HostBind {
             source,
             share_path,
-            read_only,
+            mode,
         });
     }
     spec.set_mounts(Some(mounts));
@@ -245,6 +289,57 @@ mod tests {
     }
 
     #[test]
+    fn a_read_only_volume_with_mounts_below_is_writable_in_the_guest_and_read_only_at_the_hosts_top(
+    ) {
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let volume = dir.path().join("volume");
+        std::fs::create_dir_all(volume.join("tmpfs")).unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::create_dir(&plain).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &volume.join("tmpfs"),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .unwrap();
+        let mut value = base();
+        value["mounts"] = json!([
+            {"destination": "/v", "type": "bind", "source": volume, "options": ["rbind", "rslave", "ro"]},
+            {"destination": "/p", "type": "bind", "source": plain, "options": ["rbind", "ro"]},
+            {"destination": "/r", "type": "bind", "source": plain, "options": ["rbind", "rro"]}
+        ]);
+        let guest = for_guest(spec(value), Path::new("/g"));
+        nix::mount::umount2(&volume.join("tmpfs"), nix::mount::MntFlags::MNT_DETACH).unwrap();
+        let guest = guest.unwrap();
+        let options: Vec<_> = guest
+            .spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.options().clone().unwrap())
+            .collect();
+        assert_eq!(options[0], ["rbind", "rslave"]);
+        assert_eq!(options[1], ["rbind", "ro"]);
+        assert_eq!(options[2], ["rbind", "rro"]);
+        let modes: Vec<_> = guest.binds.iter().map(|b| b.mode).collect();
+        let mode = |read_only, from_host| BindMode {
+            read_only,
+            from_host,
+        };
+        assert_eq!(
+            modes,
+            [
+                mode(ReadOnly::Top, true),
+                mode(ReadOnly::Top, false),
+                mode(ReadOnly::Tree, false)
+            ]
+        );
+    }
+
+    #[test]
     fn block_devices_are_listed_for_hotplug_and_renumbered() {
         let mut value = base();
         value["linux"]["devices"] = json!([
@@ -298,7 +393,10 @@ mod tests {
             vec![HostBind {
                 source: "/etc/hostname".into(),
                 share_path: "mounts/4".into(),
-                read_only: true,
+                mode: BindMode {
+                    read_only: ReadOnly::Top,
+                    from_host: false,
+                },
             }]
         );
 

@@ -82,7 +82,13 @@ fn planted_symlinks_are_refused(client: &AgentServiceClient, share: &Path, scrat
     let dir = scratch.join("rootfs-source");
     std::fs::create_dir(&dir).unwrap();
     for (target, source) in [("next/mounts/0", &file), ("next/rootfs", &dir)] {
-        let err = share::bind(&root, Path::new(target), source, false).unwrap_err();
+        let err = share::bind(
+            &root,
+            Path::new(target),
+            source,
+            share::BindMode::READ_WRITE,
+        )
+        .unwrap_err();
         assert!(
             err.to_string()
                 .contains("symlink planted in the guest-writable share"),

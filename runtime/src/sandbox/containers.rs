@@ -10,7 +10,7 @@ use oci_spec::runtime::Spec;
 use skiff_agent_protocol::agent::CreateContainerRequest;
 
 use crate::persist::{self, ContainerState};
-use crate::share::{self, ShareError};
+use crate::share::{self, BindMode, ShareError};
 use crate::spec::{self, ROOTFS_DIR};
 
 use super::{state_dir, Sandbox, SandboxError, GUEST_SHARE_DIR};
@@ -43,13 +43,18 @@ impl Sandbox {
         })?;
         let in_share = Path::new(container_id);
         let result = (|| {
-            share::bind(&self.share, &in_share.join(ROOTFS_DIR), rootfs, false)?;
+            share::bind(
+                &self.share,
+                &in_share.join(ROOTFS_DIR),
+                rootfs,
+                BindMode::READ_WRITE,
+            )?;
             for bind in &guest.binds {
                 share::bind(
                     &self.share,
                     &in_share.join(&bind.share_path),
                     &bind.source,
-                    bind.read_only,
+                    bind.mode,
                 )?;
             }
             self.block_devices

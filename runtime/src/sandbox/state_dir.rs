@@ -207,7 +207,13 @@ mod tests {
         let source = root.join("rootfs");
         std::fs::create_dir(&source).unwrap();
         std::fs::write(source.join("keep"), "image data").unwrap();
-        share::bind(&share, Path::new("c1/rootfs"), &source, false).unwrap();
+        share::bind(
+            &share,
+            Path::new("c1/rootfs"),
+            &source,
+            share::BindMode::READ_WRITE,
+        )
+        .unwrap();
         std::fs::write(dir.join("shared/guest-file"), "guest data").unwrap();
         let mounts = share::mounts_under(&dir).unwrap();
         assert_eq!(

@@ -147,7 +147,7 @@ fn a_planted_mounts_symlink_is_refused_and_nothing_is_made_outside() {
     std::fs::write(&file, "127.0.0.1 localhost\n").unwrap();
 
     for (source, rel) in [(&s.source, "c1/mounts/0"), (&file, "c1/mounts/1")] {
-        let err = bind(&s.share, Path::new(rel), source, false)
+        let err = bind(&s.share, Path::new(rel), source, BindMode::READ_WRITE)
             .unwrap_err()
             .to_string();
         assert!(
@@ -164,9 +164,14 @@ fn a_planted_rootfs_symlink_is_refused() {
     let s = setup();
     std::fs::create_dir(s.share.path().join("c1")).unwrap();
     symlink(&s.outside, s.share.path().join("c1/rootfs")).unwrap();
-    let err = bind(&s.share, Path::new("c1/rootfs"), &s.source, false)
-        .unwrap_err()
-        .to_string();
+    let err = bind(
+        &s.share,
+        Path::new("c1/rootfs"),
+        &s.source,
+        BindMode::READ_WRITE,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("c1/rootfs is a symlink planted"), "{err}");
     assert!(entries(&s.outside).is_empty());
     assert!(s.scratch.mounts().is_empty(), "{:?}", s.scratch.mounts());
@@ -177,9 +182,14 @@ fn a_symlinked_intermediate_component_is_refused() {
     let s = setup();
     std::fs::create_dir(s.outside.join("mounts")).unwrap();
     symlink(&s.outside, s.share.path().join("c1")).unwrap();
-    let err = bind(&s.share, Path::new("c1/mounts/0"), &s.source, false)
-        .unwrap_err()
-        .to_string();
+    let err = bind(
+        &s.share,
+        Path::new("c1/mounts/0"),
+        &s.source,
+        BindMode::READ_WRITE,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("/share/c1 is a symlink planted"), "{err}");
     assert_eq!(entries(&s.outside), vec!["mounts"]);
     assert!(entries(&s.outside.join("mounts")).is_empty());
@@ -198,14 +208,24 @@ fn a_file_target_must_be_a_regular_file_of_the_share() {
     symlink(&victim, mounts.join("0")).unwrap();
     nix::unistd::mkfifo(&mounts.join("1"), nix::sys::stat::Mode::S_IRWXU).unwrap();
 
-    let err = bind(&s.share, Path::new("c1/mounts/0"), &source, true)
-        .unwrap_err()
-        .to_string();
+    let err = bind(
+        &s.share,
+        Path::new("c1/mounts/0"),
+        &source,
+        BindMode::READ_ONLY,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("c1/mounts/0 is a symlink planted"), "{err}");
     // A FIFO is never opened (that would block), only named.
-    let err = bind(&s.share, Path::new("c1/mounts/1"), &source, true)
-        .unwrap_err()
-        .to_string();
+    let err = bind(
+        &s.share,
+        Path::new("c1/mounts/1"),
+        &source,
+        BindMode::READ_ONLY,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("c1/mounts/1 is a FIFO, expected a regular file"),
         "{err}"
@@ -222,9 +242,27 @@ fn binds_are_nosuid_nodev_kept_from_the_host_and_read_only_when_asked() {
     let s = setup();
     let file = s.scratch.path().join("hosts");
     std::fs::write(&file, "127.0.0.1 localhost\n").unwrap();
-    bind(&s.share, Path::new("c1/rootfs"), &s.source, false).unwrap();
-    bind(&s.share, Path::new("c1/mounts/0"), &s.source, true).unwrap();
-    bind(&s.share, Path::new("c1/mounts/1"), &file, true).unwrap();
+    bind(
+        &s.share,
+        Path::new("c1/rootfs"),
+        &s.source,
+        BindMode::READ_WRITE,
+    )
+    .unwrap();
+    bind(
+        &s.share,
+        Path::new("c1/mounts/0"),
+        &s.source,
+        BindMode::READ_ONLY,
+    )
+    .unwrap();
+    bind(
+        &s.share,
+        Path::new("c1/mounts/1"),
+        &file,
+        BindMode::READ_ONLY,
+    )
+    .unwrap();
     for (rel, read_only) in [
         ("c1/rootfs", false),
         ("c1/mounts/0", true),
@@ -269,7 +307,7 @@ fn a_missing_bind_source_is_named_and_nothing_is_made() {
         &s.share,
         Path::new("c1/rootfs"),
         Path::new("/nonexistent/src"),
-        false,
+        BindMode::READ_WRITE,
     )
     .unwrap_err();
     assert_eq!(
@@ -283,7 +321,7 @@ fn a_missing_bind_source_is_named_and_nothing_is_made() {
 fn paths_that_leave_the_share_are_refused() {
     let s = setup();
     for rel in ["../outside/x", "/etc/x", "c1/../../outside/x"] {
-        let err = bind(&s.share, Path::new(rel), &s.source, false)
+        let err = bind(&s.share, Path::new(rel), &s.source, BindMode::READ_WRITE)
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a plain relative path"), "{rel}: {err}");
@@ -301,8 +339,20 @@ fn removal_leaves_a_mount_it_meets_and_reports_it() {
     std::fs::write(&victim_file, "host file").unwrap();
     // Another container's read-write binds, as the guest would rename
     // them into the directory being removed after it was unmounted.
-    bind(&s.share, Path::new("c2/mounts/0"), &victim_dir, false).unwrap();
-    bind(&s.share, Path::new("c2/mounts/1"), &victim_file, false).unwrap();
+    bind(
+        &s.share,
+        Path::new("c2/mounts/0"),
+        &victim_dir,
+        BindMode::READ_WRITE,
+    )
+    .unwrap();
+    bind(
+        &s.share,
+        Path::new("c2/mounts/1"),
+        &victim_file,
+        BindMode::READ_WRITE,
+    )
+    .unwrap();
     std::fs::create_dir_all(s.share.path().join("c1/a/b")).unwrap();
     std::fs::write(s.share.path().join("c1/a/b/junk"), "guest junk").unwrap();
     std::fs::rename(s.share.path().join("c2"), s.share.path().join("c1/a/moved")).unwrap();
@@ -441,13 +491,30 @@ fn unmount_tree_detaches_stacked_and_nested_mounts() {
         None::<&str>,
     )
     .unwrap();
-    bind(&s.share, Path::new("c1/mounts/0"), &nested, false).unwrap();
-    bind(&s.share, Path::new("c1/rootfs"), &s.source, false).unwrap();
+    bind(
+        &s.share,
+        Path::new("c1/mounts/0"),
+        &nested,
+        BindMode::READ_WRITE,
+    )
+    .unwrap();
+    bind(
+        &s.share,
+        Path::new("c1/rootfs"),
+        &s.source,
+        BindMode::READ_WRITE,
+    )
+    .unwrap();
     // The runtime never stacks binds (a mount point is "another mount" to
     // bind), but a crashed shim's rerun could: stack one by hand.
-    let err = bind(&s.share, Path::new("c1/rootfs"), &s.outside, false)
-        .unwrap_err()
-        .to_string();
+    let err = bind(
+        &s.share,
+        Path::new("c1/rootfs"),
+        &s.outside,
+        BindMode::READ_WRITE,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("c1/rootfs is on another mount"), "{err}");
     let rootfs = s.share.path().join("c1/rootfs");
     nix::mount::mount(Some(&s.outside), &rootfs, None::<&str>, flags, None::<&str>).unwrap();
@@ -500,7 +567,7 @@ fn the_share_tmpfs_is_bounded_nosuid_nodev_and_a_peer_group_of_its_own() {
         &share,
         Path::new("c1/rootfs"),
         &scratch.dir("rootfs"),
-        false,
+        BindMode::READ_WRITE,
     )
     .unwrap();
     unmount_tree(&state, Path::new("shared")).unwrap();
@@ -568,4 +635,102 @@ fn octal_escapes_and_stray_backslashes() {
     assert_eq!(unescape_octal("a\\040b\\134c"), "a b\\c");
     assert_eq!(unescape_octal("tail\\04"), "tail\\04");
     assert_eq!(unescape_octal("x\\999"), "x\\999");
+}
+
+/// `source` with a tmpfs mounted on `source/tmpfs`, as a volume with a
+/// mount inside it.
+fn with_tmpfs_below(s: &Setup) -> PathBuf {
+    let below = s.source.join("tmpfs");
+    std::fs::create_dir(&below).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &below,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    below
+}
+
+fn write_errno(path: &Path) -> Option<i32> {
+    std::fs::write(path, "x")
+        .err()
+        .map(|e| e.raw_os_error().unwrap())
+}
+
+#[test]
+fn a_read_only_top_leaves_the_mounts_below_writable_and_a_read_only_tree_does_not() {
+    let s = setup();
+    with_tmpfs_below(&s);
+    assert!(has_submounts(&s.source).unwrap());
+    assert!(!has_submounts(&s.outside).unwrap());
+    let top = BindMode {
+        read_only: ReadOnly::Top,
+        from_host: false,
+    };
+    bind(&s.share, Path::new("c1/mounts/0"), &s.source, top).unwrap();
+    bind(
+        &s.share,
+        Path::new("c1/mounts/1"),
+        &s.source,
+        BindMode::READ_ONLY,
+    )
+    .unwrap();
+    let copy = s.share.path().join("c1/mounts/0");
+    assert_eq!(write_errno(&copy.join("new")), Some(libc::EROFS));
+    assert_eq!(write_errno(&copy.join("tmpfs/new")), None);
+    let (options, _, _, _) = mount_entry(&copy.join("tmpfs")).unwrap();
+    assert!(has_option(&options, "nosuid"), "{options}");
+    let copy = s.share.path().join("c1/mounts/1");
+    assert_eq!(write_errno(&copy.join("new")), Some(libc::EROFS));
+    assert_eq!(write_errno(&copy.join("tmpfs/new2")), Some(libc::EROFS));
+    unmount_tree(&s.share, Path::new("c1")).unwrap();
+}
+
+#[test]
+fn a_bind_from_the_host_receives_the_hosts_later_mounts_and_a_private_one_does_not() {
+    let s = setup();
+    let later = s.source.join("later");
+    std::fs::create_dir(&later).unwrap();
+    // A shared source, as kubelet makes a volume it propagates.
+    let flags = nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC;
+    nix::mount::mount(
+        Some(&s.source),
+        &s.source,
+        None::<&str>,
+        flags,
+        None::<&str>,
+    )
+    .unwrap();
+    let shared = nix::mount::MsFlags::MS_SHARED | nix::mount::MsFlags::MS_REC;
+    nix::mount::mount(None::<&str>, &s.source, None::<&str>, shared, None::<&str>).unwrap();
+    let from_host = BindMode {
+        read_only: ReadOnly::No,
+        from_host: true,
+    };
+    bind(&s.share, Path::new("c1/mounts/0"), &s.source, from_host).unwrap();
+    bind(
+        &s.share,
+        Path::new("c1/mounts/1"),
+        &s.source,
+        BindMode::READ_WRITE,
+    )
+    .unwrap();
+
+    nix::mount::mount(Some(&s.outside), &later, None::<&str>, flags, None::<&str>).unwrap();
+    std::fs::write(s.outside.join("flag"), "").unwrap();
+    let slave = s.share.path().join("c1/mounts/0/later");
+    assert_eq!(mount_count(&slave), 1);
+    assert_eq!(entries(&slave), vec!["flag"]);
+    let private = s.share.path().join("c1/mounts/1/later");
+    assert_eq!(mount_count(&private), 0);
+    assert!(entries(&private).is_empty());
+    // Nothing travels back: a mount in the slave copy stays there.
+    let back = s.share.path().join("c1/mounts/0/back");
+    std::fs::create_dir(&back).unwrap();
+    nix::mount::mount(Some(&s.outside), &back, None::<&str>, flags, None::<&str>).unwrap();
+    assert_eq!(mount_count(&s.source.join("back")), 0);
+
+    unmount_tree(&s.share, Path::new("c1")).unwrap();
 }
